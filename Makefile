@@ -1,0 +1,32 @@
+# The two commands of a fresh machine (see README.md):
+#   make reproduce   renders every figure (and, as the experiments land, every table)
+#   make test        checks the export, runs every notebook's tests and the property tests
+# Both set up .venv first; running them again reuses it.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup reproduce test export clean-nbs
+
+$(STAMP): settings.ini setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch 2.13.0 is pinned where none is installed: an unpinned torch pulls gigabytes of CUDA wheels.
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+reproduce: setup
+	$(BIN)/iaf-repro reproduce
+
+test: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash tools/check_notebooks.sh
+	$(BIN)/nbdev_test --n_workers 2
+	$(BIN)/pytest -q tests
+
+# For authors: regenerate iaf_repro/ from the notebooks and strip notebook metadata noise.
+export: setup
+	$(BIN)/nbdev_export
+	$(BIN)/nbdev_clean

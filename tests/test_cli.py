@@ -1,0 +1,39 @@
+"""Tests for the iaf-repro command line and the README/front-page link."""
+from pathlib import Path
+
+import pytest
+
+from iaf_repro.cli import CHAPTERS, main, render_figures, render_readme
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_is_rendered_from_the_front_page_notebook():
+    rendered = render_readme(ROOT / "nbs" / "index.ipynb")
+    assert (ROOT / "README.md").read_text() == rendered, "README.md is stale: run `.venv/bin/iaf-repro readme`"
+
+
+def test_readme_opens_with_the_two_commands():
+    text = (ROOT / "README.md").read_text()
+    first_block = text.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].strip() for line in first_block.splitlines() if line.strip()]
+    assert commands == ["make reproduce", "make test"]
+
+
+def test_every_chapter_module_can_draw_its_figures():
+    import importlib
+    for name, module in CHAPTERS.items():
+        assert callable(getattr(importlib.import_module(module), "make_figures", None)), name
+
+
+def test_unknown_chapter_is_an_error_listing_valid_names(capsys):
+    assert main(["figures", "planar"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown chapter(s) ['planar']" in err and "planar_radial" in err
+    with pytest.raises(ValueError, match="valid names"):
+        render_figures(["nope"])
+
+
+def test_quick_figures_land_in_the_output_folder(tmp_path):
+    assert main(["figures", "change_of_variables", "made", "--quick", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["change_of_variables_1d.png", "made_masks.png"]
