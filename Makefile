@@ -23,7 +23,8 @@ reproduce: setup
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash tools/check_notebooks.sh
-	$(BIN)/nbdev_test --n_workers 2
+	# Two notebooks run at once on two cores: one thread each, or OpenMP threads fight and small ops slow 10-60x.
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2
 	$(BIN)/pytest -q tests
 
 # For authors: regenerate iaf_repro/ from the notebooks and strip notebook metadata noise.

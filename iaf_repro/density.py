@@ -6,7 +6,7 @@
 __all__ = ['LOG_2PI', 'check_batch', 'check_context', 'log_normal_diag', 'log_standard_normal', 'plot_change_of_variables_1d',
            'autograd_log_det', 'FlowChain', 'flow_log_prob', 'make_figures']
 
-# %% ../nbs/00_change_of_variables.ipynb #a5babbb3
+# %% ../nbs/00_change_of_variables.ipynb #36738fa8
 import math
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-# %% ../nbs/00_change_of_variables.ipynb #db81ad27
+# %% ../nbs/00_change_of_variables.ipynb #7a7cc39f
 def check_batch(z: torch.Tensor, dim: int | None = None, name: str = "z") -> tuple[int, int]:
     "Check that `z` is a float batch `[B, D]` (with `D == dim` when given); return `(B, D)`."
     if not isinstance(z, torch.Tensor): raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
@@ -33,7 +33,7 @@ def check_context(h: torch.Tensor | None, batch: int, dim: int, name: str = "h")
     B, _ = check_batch(h, dim, name)
     if B != batch: raise ValueError(f"{name} has batch {B}, but z has batch {batch}")
 
-# %% ../nbs/00_change_of_variables.ipynb #6b85d8be
+# %% ../nbs/00_change_of_variables.ipynb #10311c6f
 LOG_2PI = math.log(2 * math.pi)
 
 def log_normal_diag(z: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
@@ -47,7 +47,7 @@ def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
     check_batch(z)
     return -0.5 * (z**2 + LOG_2PI).sum(-1)
 
-# %% ../nbs/00_change_of_variables.ipynb #76a87533
+# %% ../nbs/00_change_of_variables.ipynb #0a1de580
 def _cubic(x): return x**3 / 3 + x
 
 def _cubic_inverse(y):
@@ -65,11 +65,14 @@ def _cubic_naive_log_density(y):
     "The wrong answer that forgets the Jacobian: log N(H^{-1}(y); 0, 1)."
     return log_standard_normal(_cubic_inverse(y)[:, None])
 
-# %% ../nbs/00_change_of_variables.ipynb #f0779a29
+# %% ../nbs/00_change_of_variables.ipynb #2a30071c
 def plot_change_of_variables_1d(samples, log_density, naive_log_density, xlim=(-4, 4), ax=None):
     "Histogram of pushed-forward `samples` against the change-of-variables density and a naive one."
     ax = ax or plt.subplots(figsize=(6.5, 3.8))[1]
-    ax.hist(samples, bins=120, range=xlim, density=True, color="0.8", label="histogram of $y = H(x)$")
+    bins = 120
+    per_sample = np.full(len(samples), bins / ((xlim[1] - xlim[0]) * len(samples)))   # density over ALL samples,
+    ax.hist(samples, bins=bins, range=xlim, weights=per_sample, color="0.8",           # not only those in view
+            label="histogram of $y = H(x)$")
     grid = torch.linspace(*xlim, 600, dtype=torch.float64)
     ax.plot(grid, log_density(grid).exp(), color="C0", lw=2, label=r"Eq. 2: $f(x)\,/\,|H'(x)|$")
     ax.plot(grid, naive_log_density(grid).exp(), color="C3", ls="--", label=r"without the Jacobian: $f(x)$")
@@ -77,7 +80,7 @@ def plot_change_of_variables_1d(samples, log_density, naive_log_density, xlim=(-
     ax.legend(frameon=False)
     return ax
 
-# %% ../nbs/00_change_of_variables.ipynb #68853664
+# %% ../nbs/00_change_of_variables.ipynb #e0a601fb
 def autograd_log_det(layer, z: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
     "Reference log|det dz_new/dz| for each row of `z`, from the full autograd Jacobian: `[B, D] -> [B]`."
     check_batch(z)
@@ -90,7 +93,7 @@ def autograd_log_det(layer, z: torch.Tensor, h: torch.Tensor | None = None) -> t
         rows.append(torch.linalg.slogdet(jac).logabsdet)
     return torch.stack(rows)
 
-# %% ../nbs/00_change_of_variables.ipynb #b7d35917
+# %% ../nbs/00_change_of_variables.ipynb #11cfb993
 class FlowChain(nn.Module):
     "Compose flow layers: `(z [B, D], h) -> (z_K [B, D], sum_k log|det df_k/dz_{k-1}| [B])` (R&M Eq. 7)."
     def __init__(self, *layers: nn.Module):
@@ -111,7 +114,7 @@ def flow_log_prob(log_q0: torch.Tensor, log_det: torch.Tensor) -> torch.Tensor:
     "log q_K(z_K) from the base log-density of z_0 and the chain's summed log-det: `[B], [B] -> [B]` (Eq. 5)."
     return log_q0 - log_det
 
-# %% ../nbs/00_change_of_variables.ipynb #f23be0c4
+# %% ../nbs/00_change_of_variables.ipynb #eb3de58a
 def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
     "Render this chapter's figures into `out_dir` (`quick`: fewer samples, for tests)."
     g = torch.Generator().manual_seed(0)
