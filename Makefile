@@ -6,6 +6,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The data folder (see nbs/05_data.ipynb): ../shared/data where it exists, unless already set.
+ifneq ($(wildcard ../shared/data),)
+export IAF_REPRO_DATA ?= $(abspath ../shared/data)
+endif
 
 .PHONY: setup reproduce test export clean-nbs
 
