@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['CHAPTERS', 'render_figures', 'render_readme', 'main']
 
-# %% ../nbs/99_cli.ipynb #7c2c961c
+# %% ../nbs/99_cli.ipynb #25640115
 import argparse
 import importlib
 import json
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-# %% ../nbs/99_cli.ipynb #b1702ae2
+# %% ../nbs/99_cli.ipynb #6e61b7c8
 CHAPTERS = {                      # chapter name -> the module that draws its figures, in reading order
     "change_of_variables": "iaf_repro.density",
     "elbo": "iaf_repro.elbo",
@@ -23,6 +23,10 @@ CHAPTERS = {                      # chapter name -> the module that draws its fi
     "made": "iaf_repro.made",
     "iaf": "iaf_repro.iaf",
     "maf_vs_iaf": "iaf_repro.autoregressive",
+    "data": "iaf_repro.data",
+    "vae": "iaf_repro.vae",
+    "train": "iaf_repro.train",
+    "evaluate": "iaf_repro.evaluate",
 }
 
 def _check_chapters(names: list[str] | None) -> list[str]:
@@ -32,7 +36,7 @@ def _check_chapters(names: list[str] | None) -> list[str]:
     if unknown: raise ValueError(f"unknown chapter(s) {unknown}; valid names: {', '.join(CHAPTERS)}")
     return [n for n in CHAPTERS if n in names]
 
-# %% ../nbs/99_cli.ipynb #4beb55be
+# %% ../nbs/99_cli.ipynb #c36d89a2
 def render_figures(names: list[str] | None = None, out_dir: Path = Path("figures"), quick: bool = False) -> dict[str, list[Path]]:
     "Run each chapter's `make_figures` into `out_dir`; return the paths written, by chapter, and print timings."
     written = {}
@@ -43,7 +47,7 @@ def render_figures(names: list[str] | None = None, out_dir: Path = Path("figures
         print(f"{name:>20}: {time.perf_counter() - start:6.1f} s  " + ", ".join(p.name for p in written[name]))
     return written
 
-# %% ../nbs/99_cli.ipynb #94c47765
+# %% ../nbs/99_cli.ipynb #41dd034b
 def _directives(source: str) -> set[str]:
     "The nbdev directives (`#| hide`, `#| echo: false`, ...) at the top of a code cell."
     return {line[3:].strip() for line in source.splitlines() if line.startswith("#| ")}
@@ -71,16 +75,27 @@ def render_readme(index_nb: Path = Path("nbs/index.ipynb")) -> str:
     blocks = [_cell_markdown(c) for c in cells]
     return "\n\n".join(b.strip("\n") for b in blocks if b.strip()) + "\n"
 
-# %% ../nbs/99_cli.ipynb #d3a30816
+# %% ../nbs/99_cli.ipynb #6fb762da
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="iaf-repro", description="Regenerate the figures and tables of iaf-repro.")
     sub = p.add_subparsers(dest="command", required=True)
-    rep = sub.add_parser("reproduce", help="everything: every chapter's figures (tables as they land)")
+    rep = sub.add_parser("reproduce", help="the default runs, both tables and every figure")
+    rep.add_argument("--budget", default="cpu", help="smoke | cpu | paper (default: cpu)")
+    rep.add_argument("--presets", nargs="*", default=None, help="presets to run (default: the three static-MNIST cpu rows)")
+    rep.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda")
     fig = sub.add_parser("figures", help="the figures of some chapters")
     fig.add_argument("chapters", nargs="*", help=f"chapter names (default: all): {', '.join(CHAPTERS)}")
     for q in (rep, fig):
         q.add_argument("--out", type=Path, default=Path("figures"), help="output folder (default: figures)")
-        q.add_argument("--quick", action="store_true", help="seconds-long smoke versions")
+        q.add_argument("--quick", action="store_true", help="seconds-long smoke versions of the chapter figures")
+    tr = sub.add_parser("train", help="train and evaluate one preset (a table row)")
+    tr.add_argument("preset")
+    tr.add_argument("--budget", default="cpu")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--device", default="auto")
+    tb = sub.add_parser("table", help="assemble table 1 or 2 from the results files")
+    tb.add_argument("number", choices=["1", "2"])
+    tb.add_argument("--budget", default="cpu")
     rd = sub.add_parser("readme", help="render README.md from nbs/index.ipynb")
     rd.add_argument("--index", type=Path, default=Path("nbs/index.ipynb"))
     rd.add_argument("--out", type=Path, default=Path("README.md"))
@@ -90,8 +105,22 @@ def main(argv: list[str] | None = None) -> int:
     "Run the `iaf-repro` command line; return the exit status."
     args = _parser().parse_args(argv)
     try:
-        if args.command in ("reproduce", "figures"):
-            render_figures(getattr(args, "chapters", None), args.out, args.quick)
+        if args.command == "reproduce":
+            experiments = importlib.import_module("iaf_repro.experiments")
+            experiments.reproduce(args.budget, args.presets, device=args.device, out_dir=args.out / "tables",
+                                  results_dir=args.out / "tables" / "runs")
+            for table in experiments.TABLES:
+                experiments.table_figures(table, args.budget, args.out / "tables" / "runs", out_dir=args.out)
+            render_figures(None, args.out, args.quick)
+        elif args.command == "figures":
+            render_figures(args.chapters, args.out, args.quick)
+        elif args.command == "train":
+            result = importlib.import_module("iaf_repro.experiments").run(args.preset, args.budget, args.seed, device=args.device)
+            print(json.dumps(result, indent=1))
+        elif args.command == "table":
+            experiments = importlib.import_module("iaf_repro.experiments")
+            experiments.write_table(f"table{args.number}", args.budget)
+            print(Path(f"figures/tables/table{args.number}.md").read_text())
         elif args.command == "readme":
             if not args.index.exists(): raise FileNotFoundError(f"{args.index} not found: run from the repository root")
             args.out.write_text(render_readme(args.index))

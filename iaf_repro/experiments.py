@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['PRESETS', 'TABLES', 'BUDGETS', 'TARGETS', 'TABLE_COLUMNS', 'DEFAULT_PRESETS', 'Preset', 'get_preset', 'Budget',
            'get_budget', 'provenance', 'run_name', 'run', 'published', 'build_table', 'table_markdown', 'write_table',
-           'reproduce']
+           'table_figures', 'reproduce']
 
-# %% ../nbs/09_experiments.ipynb #80870f57
+# %% ../nbs/09_experiments.ipynb #3a7ef0bc
 import json
 import os
 import platform
@@ -20,12 +20,14 @@ import pandas as pd
 import torch
 
 import iaf_repro
-from .data import BinarizedMNIST, load_mnist
-from .evaluate import evaluate
+from .data import BinarizedMNIST, evenly_spaced, load_mnist
+import matplotlib.pyplot as plt
+
+from .evaluate import evaluate, plot_reconstructions, plot_training_curves
 from .train import TrainConfig, load_ema_model, resolve_device, train
 from .vae import VAE, VAEConfig
 
-# %% ../nbs/09_experiments.ipynb #5b5269ed
+# %% ../nbs/09_experiments.ipynb #17f9517e
 @dataclass(frozen=True)
 class Preset:
     "One table row: a model on one kind of binarized MNIST."
@@ -57,7 +59,7 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS: raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
     return PRESETS[name]
 
-# %% ../nbs/09_experiments.ipynb #5241518b
+# %% ../nbs/09_experiments.ipynb #0b0d9528
 @dataclass(frozen=True)
 class Budget:
     "How much compute a run gets; never changes the model or the math."
@@ -81,7 +83,7 @@ def get_budget(name: str) -> Budget:
     if name not in BUDGETS: raise ValueError(f"unknown budget {name!r}; valid budgets: {', '.join(BUDGETS)}")
     return BUDGETS[name]
 
-# %% ../nbs/09_experiments.ipynb #a260a13f
+# %% ../nbs/09_experiments.ipynb #7657149b
 def _git(*args) -> str:
     try: return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=Path(iaf_repro.__file__).parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError): return ""
@@ -94,14 +96,14 @@ def provenance(device: torch.device) -> dict:
                 device=name, threads=torch.get_num_threads(), torch=torch.__version__,
                 iaf_repro=iaf_repro.__version__, date=time.strftime("%Y-%m-%d %H:%M:%S"))
 
-# %% ../nbs/09_experiments.ipynb #46bbe810
+# %% ../nbs/09_experiments.ipynb #864a50f4
 def run_name(preset: str, budget: str, seed: int) -> str:
     "The name of a run: `<preset>__<budget>__s<seed>`."
     return f"{preset}__{budget}__s{seed}"
 
 def _subset(data: BinarizedMNIST, budget: Budget) -> BinarizedMNIST:
-    "The data a budget trains and evaluates on."
-    return replace(data, train=data.train[: budget.train_images], test=data.test[: budget.eval_images])
+    "The data a budget trains and evaluates on: test images evenly spaced (static MNIST's test split is sorted by digit)."
+    return replace(data, train=data.train[: budget.train_images], test=evenly_spaced(data.test, budget.eval_images))
 
 def run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto", runs_dir: Path = Path("runs"),
         results_dir: Path = Path("figures/tables/runs"), progress: bool = True) -> dict:
@@ -129,7 +131,7 @@ def run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto",
     metrics.to_csv(results_dir / f"{name}.metrics.csv", index=False)
     return results
 
-# %% ../nbs/09_experiments.ipynb #384816e5
+# %% ../nbs/09_experiments.ipynb #35e70a01
 TARGETS = Path(iaf_repro.__file__).resolve().parents[1] / "reference" / "targets.csv"   # a copy of shared/reference/targets.csv
 _SOURCES = {("table1", "dynamic"): "paper-T1", ("table1", "static"): "replication-T1",
             ("table2", "static"): "replication-T2", ("table2", "dynamic"): None}
@@ -143,7 +145,7 @@ def published(table: str, mnist: str, row: str, targets: Path = TARGETS) -> dict
     return dict(published_vlb=hit.get("vlb_nats", float("nan")), published_log_px=hit.get("log_px_nats", float("nan")),
                 published_source=source or "")
 
-# %% ../nbs/09_experiments.ipynb #76c74599
+# %% ../nbs/09_experiments.ipynb #3113c564
 TABLE_COLUMNS = ["mnist", "model", "vlb", "vlb_se", "log_px", "log_px_se", "gap", "published_vlb", "published_log_px",
                  "published_source", "budget", "epochs", "seed", "is_samples", "eval_images", "device", "train_seconds",
                  "eval_seconds", "commit", "dirty"]
@@ -160,7 +162,7 @@ def build_table(table: str, budget: str, results_dir: Path = Path("figures/table
         rows.append(dict(ours, mnist=p.mnist, model=p.label, **published(table, p.mnist, p.row)))
     return pd.DataFrame(rows).reindex(columns=TABLE_COLUMNS)
 
-# %% ../nbs/09_experiments.ipynb #60624e5b
+# %% ../nbs/09_experiments.ipynb #d9485b85
 def _fmt(value, se=None) -> str:
     if pd.isna(value): return "not run" if se is not None else "—"
     return f"{value:.2f} ± {se:.2f}" if se is not None and not pd.isna(se) else f"{value:.2f}"
@@ -190,7 +192,28 @@ def write_table(table: str, budget: str, results_dir: Path = Path("figures/table
     (out_dir / f"{table}.md").write_text(table_markdown(df, f"{title}, `{budget}` budget"))
     return df
 
-# %% ../nbs/09_experiments.ipynb #8e9508a8
+# %% ../nbs/09_experiments.ipynb #d5d7cfbc
+def table_figures(table: str, budget: str, results_dir: Path = Path("figures/tables/runs"), runs_dir: Path = Path("runs"),
+                  out_dir: Path = Path("figures"), seed: int = 0) -> list[Path]:
+    "Training curves (and reconstructions, if the checkpoints are in `runs_dir`) of a table's runs at `budget`."
+    names = [n for n in TABLES[table] if (Path(results_dir) / f"{run_name(n, budget, seed)}.metrics.csv").exists()]
+    if not names: return []
+    label = lambda n: f"{PRESETS[n].mnist}: {PRESETS[n].label}"
+    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
+    curves = {label(n): Path(results_dir) / f"{run_name(n, budget, seed)}.metrics.csv" for n in names}
+    fig = plot_training_curves(curves, title=f"{table.capitalize()} runs, `{budget}` budget: the two terms of the bound per epoch")
+    paths = [out_dir / f"{table}_training_curves_{budget}.png"]
+    fig.savefig(paths[0], dpi=130, bbox_inches="tight"); plt.close(fig)
+    have = [n for n in names if (Path(runs_dir) / run_name(n, budget, seed) / "best.pt").exists()]
+    if have:
+        models = {label(n): load_ema_model(VAE(PRESETS[n].model), Path(runs_dir) / run_name(n, budget, seed)) for n in have}
+        test = load_mnist(PRESETS[have[0]].mnist).test
+        fig = plot_reconstructions(models, test, n=10, title=f"{table.capitalize()} models (`{budget}` budget): test images, reconstructions, errors")
+        paths.append(out_dir / f"{table}_reconstructions_{budget}.png")
+        fig.savefig(paths[1], dpi=130, bbox_inches="tight"); plt.close(fig)
+    return paths
+
+# %% ../nbs/09_experiments.ipynb #ddc53fd3
 DEFAULT_PRESETS = ("static-diag", "static-iaf-d2-w320", "static-iaf-d2-w320-const")   # the rows of the default `cpu` reproduction
 
 def reproduce(budget: str = "cpu", presets: list[str] | None = None, seed: int = 0, device: str = "auto",
