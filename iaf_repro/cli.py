@@ -5,17 +5,19 @@
 # %% auto #0
 __all__ = ['CHAPTERS', 'render_figures', 'render_readme', 'main']
 
-# %% ../nbs/99_cli.ipynb #25640115
+# %% ../nbs/99_cli.ipynb #01ee7482
 import argparse
 import importlib
 import json
+import posixpath
+import re
 import sys
 import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-# %% ../nbs/99_cli.ipynb #6e61b7c8
+# %% ../nbs/99_cli.ipynb #e707d692
 CHAPTERS = {                      # chapter name -> the module that draws its figures, in reading order
     "change_of_variables": "iaf_repro.density",
     "elbo": "iaf_repro.elbo",
@@ -36,7 +38,7 @@ def _check_chapters(names: list[str] | None) -> list[str]:
     if unknown: raise ValueError(f"unknown chapter(s) {unknown}; valid names: {', '.join(CHAPTERS)}")
     return [n for n in CHAPTERS if n in names]
 
-# %% ../nbs/99_cli.ipynb #c36d89a2
+# %% ../nbs/99_cli.ipynb #81e7223c
 def render_figures(names: list[str] | None = None, out_dir: Path = Path("figures"), quick: bool = False) -> dict[str, list[Path]]:
     "Run each chapter's `make_figures` into `out_dir`; return the paths written, by chapter, and print timings."
     written = {}
@@ -47,7 +49,7 @@ def render_figures(names: list[str] | None = None, out_dir: Path = Path("figures
         print(f"{name:>20}: {time.perf_counter() - start:6.1f} s  " + ", ".join(p.name for p in written[name]))
     return written
 
-# %% ../nbs/99_cli.ipynb #41dd034b
+# %% ../nbs/99_cli.ipynb #c621061b
 def _directives(source: str) -> set[str]:
     "The nbdev directives (`#| hide`, `#| echo: false`, ...) at the top of a code cell."
     return {line[3:].strip() for line in source.splitlines() if line.startswith("#| ")}
@@ -69,13 +71,19 @@ def _cell_markdown(cell: dict) -> str:
         elif "text/plain" in data: parts.append("```\n" + "".join(data["text/plain"]).rstrip() + "\n```")
     return "\n\n".join(parts)
 
+_RELATIVE_LINK = re.compile(r"\]\((?![a-z]+:|#|/)([^)\s]+)\)")
+
+def _rebase_links(markdown: str, folder: str) -> str:
+    "Rewrite relative links written from `folder` (the notebooks' folder) to be relative to the repository root."
+    return _RELATIVE_LINK.sub(lambda m: f"]({posixpath.normpath(posixpath.join(folder, m.group(1)))})", markdown)
+
 def render_readme(index_nb: Path = Path("nbs/index.ipynb")) -> str:
-    "README markdown from the front-page notebook (markdown cells, visible code and its text outputs)."
+    "README markdown from the front-page notebook (markdown cells, visible code and its text outputs), links rebased to the root."
     cells = json.loads(Path(index_nb).read_text())["cells"]
     blocks = [_cell_markdown(c) for c in cells]
-    return "\n\n".join(b.strip("\n") for b in blocks if b.strip()) + "\n"
+    return _rebase_links("\n\n".join(b.strip("\n") for b in blocks if b.strip()) + "\n", Path(index_nb).parent.name)
 
-# %% ../nbs/99_cli.ipynb #6fb762da
+# %% ../nbs/99_cli.ipynb #9b653827
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="iaf-repro", description="Regenerate the figures and tables of iaf-repro.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -95,7 +103,6 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="auto")
     tb = sub.add_parser("table", help="assemble table 1 or 2 from the results files")
     tb.add_argument("number", choices=["1", "2"])
-    tb.add_argument("--budget", default="cpu")
     rd = sub.add_parser("readme", help="render README.md from nbs/index.ipynb")
     rd.add_argument("--index", type=Path, default=Path("nbs/index.ipynb"))
     rd.add_argument("--out", type=Path, default=Path("README.md"))
@@ -119,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result, indent=1))
         elif args.command == "table":
             experiments = importlib.import_module("iaf_repro.experiments")
-            experiments.write_table(f"table{args.number}", args.budget)
+            experiments.write_table(f"table{args.number}")
             print(Path(f"figures/tables/table{args.number}.md").read_text())
         elif args.command == "readme":
             if not args.index.exists(): raise FileNotFoundError(f"{args.index} not found: run from the repository root")

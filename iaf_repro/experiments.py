@@ -7,7 +7,7 @@ __all__ = ['PRESETS', 'TABLES', 'BUDGETS', 'TARGETS', 'TABLE_COLUMNS', 'DEFAULT_
            'get_budget', 'provenance', 'run_name', 'run', 'published', 'build_table', 'table_markdown', 'write_table',
            'table_figures', 'reproduce']
 
-# %% ../nbs/09_experiments.ipynb #3a7ef0bc
+# %% ../nbs/09_experiments.ipynb #d85a38f7
 import json
 import os
 import platform
@@ -27,7 +27,7 @@ from .evaluate import evaluate, plot_reconstructions, plot_training_curves
 from .train import TrainConfig, load_ema_model, resolve_device, train
 from .vae import VAE, VAEConfig
 
-# %% ../nbs/09_experiments.ipynb #17f9517e
+# %% ../nbs/09_experiments.ipynb #b39d5423
 @dataclass(frozen=True)
 class Preset:
     "One table row: a model on one kind of binarized MNIST."
@@ -59,7 +59,7 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS: raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
     return PRESETS[name]
 
-# %% ../nbs/09_experiments.ipynb #0b0d9528
+# %% ../nbs/09_experiments.ipynb #4f1eb401
 @dataclass(frozen=True)
 class Budget:
     "How much compute a run gets; never changes the model or the math."
@@ -83,7 +83,7 @@ def get_budget(name: str) -> Budget:
     if name not in BUDGETS: raise ValueError(f"unknown budget {name!r}; valid budgets: {', '.join(BUDGETS)}")
     return BUDGETS[name]
 
-# %% ../nbs/09_experiments.ipynb #7657149b
+# %% ../nbs/09_experiments.ipynb #b427c50c
 def _git(*args) -> str:
     try: return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=Path(iaf_repro.__file__).parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError): return ""
@@ -96,7 +96,7 @@ def provenance(device: torch.device) -> dict:
                 device=name, threads=torch.get_num_threads(), torch=torch.__version__,
                 iaf_repro=iaf_repro.__version__, date=time.strftime("%Y-%m-%d %H:%M:%S"))
 
-# %% ../nbs/09_experiments.ipynb #864a50f4
+# %% ../nbs/09_experiments.ipynb #004e4e9a
 def run_name(preset: str, budget: str, seed: int) -> str:
     "The name of a run: `<preset>__<budget>__s<seed>`."
     return f"{preset}__{budget}__s{seed}"
@@ -131,7 +131,7 @@ def run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto",
     metrics.to_csv(results_dir / f"{name}.metrics.csv", index=False)
     return results
 
-# %% ../nbs/09_experiments.ipynb #35e70a01
+# %% ../nbs/09_experiments.ipynb #248224eb
 TARGETS = Path(iaf_repro.__file__).resolve().parents[1] / "reference" / "targets.csv"   # a copy of shared/reference/targets.csv
 _SOURCES = {("table1", "dynamic"): "paper-T1", ("table1", "static"): "replication-T1",
             ("table2", "static"): "replication-T2", ("table2", "dynamic"): None}
@@ -145,24 +145,23 @@ def published(table: str, mnist: str, row: str, targets: Path = TARGETS) -> dict
     return dict(published_vlb=hit.get("vlb_nats", float("nan")), published_log_px=hit.get("log_px_nats", float("nan")),
                 published_source=source or "")
 
-# %% ../nbs/09_experiments.ipynb #3113c564
+# %% ../nbs/09_experiments.ipynb #059b46de
 TABLE_COLUMNS = ["mnist", "model", "vlb", "vlb_se", "log_px", "log_px_se", "gap", "published_vlb", "published_log_px",
                  "published_source", "budget", "epochs", "seed", "is_samples", "eval_images", "device", "train_seconds",
                  "eval_seconds", "commit", "dirty"]
 
-def build_table(table: str, budget: str, results_dir: Path = Path("figures/tables/runs"), seed: int = 0) -> pd.DataFrame:
-    "Assemble a table from the results files of its presets at `budget`, beside the published numbers."
+def build_table(table: str, results_dir: Path = Path("figures/tables/runs"), seed: int = 0) -> pd.DataFrame:
+    "Assemble a table from the results files of its presets (a row per budget run, or a 'not run' row), beside the published numbers."
     if table not in TABLES: raise ValueError(f"unknown table {table!r}; valid tables: {', '.join(TABLES)}")
-    get_budget(budget)
     rows = []
     for name in TABLES[table]:
         p = PRESETS[name]
-        path = Path(results_dir) / f"{run_name(name, budget, seed)}.json"
-        ours = json.loads(path.read_text()) if path.exists() else dict(budget=budget, seed=seed)
-        rows.append(dict(ours, mnist=p.mnist, model=p.label, **published(table, p.mnist, p.row)))
+        found = [Path(results_dir) / f"{run_name(name, b, seed)}.json" for b in BUDGETS]
+        runs = [json.loads(path.read_text()) for path in found if path.exists()] or [dict(seed=seed)]
+        rows += [dict(ours, mnist=p.mnist, model=p.label, **published(table, p.mnist, p.row)) for ours in runs]
     return pd.DataFrame(rows).reindex(columns=TABLE_COLUMNS)
 
-# %% ../nbs/09_experiments.ipynb #d9485b85
+# %% ../nbs/09_experiments.ipynb #25df81b4
 def _fmt(value, se=None) -> str:
     if pd.isna(value): return "not run" if se is not None else "—"
     return f"{value:.2f} ± {se:.2f}" if se is not None and not pd.isna(se) else f"{value:.2f}"
@@ -182,17 +181,17 @@ def table_markdown(df: pd.DataFrame, title: str) -> str:
 
 def _fmt_int(v) -> str: return "" if pd.isna(v) else str(int(v))
 
-def write_table(table: str, budget: str, results_dir: Path = Path("figures/tables/runs"), out_dir: Path = Path("figures/tables")) -> pd.DataFrame:
+def write_table(table: str, results_dir: Path = Path("figures/tables/runs"), out_dir: Path = Path("figures/tables")) -> pd.DataFrame:
     "Build a table and write `<out_dir>/<table>.csv` and `.md`."
-    df = build_table(table, budget, results_dir)
+    df = build_table(table, results_dir)
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_dir / f"{table}.csv", index=False)
     title = {"table1": "Table 1: test-set VLB and log p(x) in nats, diagonal vs IAF (and planar) posteriors",
              "table2": "Table 2: learned σ vs constant σ (location-only IAF)"}[table]
-    (out_dir / f"{table}.md").write_text(table_markdown(df, f"{title}, `{budget}` budget"))
+    (out_dir / f"{table}.md").write_text(table_markdown(df, title))
     return df
 
-# %% ../nbs/09_experiments.ipynb #d5d7cfbc
+# %% ../nbs/09_experiments.ipynb #0b305f8d
 def table_figures(table: str, budget: str, results_dir: Path = Path("figures/tables/runs"), runs_dir: Path = Path("runs"),
                   out_dir: Path = Path("figures"), seed: int = 0) -> list[Path]:
     "Training curves (and reconstructions, if the checkpoints are in `runs_dir`) of a table's runs at `budget`."
@@ -213,7 +212,7 @@ def table_figures(table: str, budget: str, results_dir: Path = Path("figures/tab
         fig.savefig(paths[1], dpi=130, bbox_inches="tight"); plt.close(fig)
     return paths
 
-# %% ../nbs/09_experiments.ipynb #ddc53fd3
+# %% ../nbs/09_experiments.ipynb #77df8b32
 DEFAULT_PRESETS = ("static-diag", "static-iaf-d2-w320", "static-iaf-d2-w320-const")   # the rows of the default `cpu` reproduction
 
 def reproduce(budget: str = "cpu", presets: list[str] | None = None, seed: int = 0, device: str = "auto",
@@ -224,4 +223,4 @@ def reproduce(budget: str = "cpu", presets: list[str] | None = None, seed: int =
         get_preset(name)
         if not (Path(results_dir) / f"{run_name(name, budget, seed)}.json").exists():
             run(name, budget, seed, device=device, results_dir=results_dir)
-    return {t: write_table(t, budget, results_dir, out_dir) for t in TABLES}
+    return {t: write_table(t, results_dir, out_dir) for t in TABLES}

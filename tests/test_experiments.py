@@ -1,0 +1,75 @@
+"""Tests for iaf_repro.experiments: presets, budgets, provenance, table assembly, a smoke run."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from iaf_repro.experiments import (BUDGETS, PRESETS, TABLES, TARGETS, build_table, get_budget, get_preset, published,
+                                   run, run_name, table_markdown, write_table)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_TARGETS = ROOT.parent / "shared" / "reference" / "targets.csv"
+
+
+@pytest.mark.skipif(not SHARED_TARGETS.exists(), reason="no shared reference folder")
+def test_published_numbers_are_a_verbatim_copy_of_the_shared_reference():
+    assert TARGETS.read_bytes() == SHARED_TARGETS.read_bytes()
+
+
+def test_every_preset_has_published_numbers_where_a_source_exists():
+    for name in TABLES["table1"]:
+        p = PRESETS[name]
+        numbers = published("table1", p.mnist, p.row)
+        has_source = p.row.startswith(("diag", "iaf"))
+        assert pd.notna(numbers["published_vlb"]) == has_source, name
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(ValueError, match="valid presets: dynamic-diag"):
+        get_preset("static-iaf-d16")
+    with pytest.raises(ValueError, match="valid budgets: smoke, cpu, paper"):
+        get_budget("fast")
+
+
+def _fake_result(results_dir, preset, budget, vlb):
+    p = PRESETS[preset]
+    result = dict(run=run_name(preset, budget, 0), preset=preset, budget=budget, seed=0, mnist=p.mnist, row=p.row,
+                  label=p.label, epochs=3, eval_images=100, is_samples=128, vlb=vlb, vlb_se=0.5, log_px=vlb + 2,
+                  log_px_se=0.4, gap=2.0, train_seconds=1.0, eval_seconds=1.0, device="cpu", commit="abc", dirty=False)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / f"{run_name(preset, budget, 0)}.json").write_text(json.dumps(result))
+
+
+def test_table_has_a_row_per_budget_run_and_keeps_the_datasets_apart(tmp_path):
+    _fake_result(tmp_path, "static-iaf-d2-w320", "cpu", -95.0)
+    _fake_result(tmp_path, "static-iaf-d2-w320", "paper", -84.0)
+    _fake_result(tmp_path, "dynamic-diag", "cpu", -97.0)
+    df = build_table("table1", tmp_path)
+    assert len(df) == 15                                  # 14 presets, one of them run at two budgets
+    iaf = df[(df.mnist == "static") & (df.model == "IAF depth 2 width 320")]
+    assert iaf.budget.tolist() == ["cpu", "paper"] and iaf.vlb.tolist() == [-95.0, -84.0]
+    assert iaf.published_source.unique().tolist() == ["replication-T1"]
+    assert df[(df.mnist == "dynamic") & (df.model == "Diagonal covariance")].published_source.item() == "paper-T1"
+    md = table_markdown(df, "T")
+    dynamic, static = md.split("### Statically binarized MNIST")
+    assert "-97.00 ± 0.50" in dynamic and "-97.00" not in static and "-84.00 ± 0.50" in static
+
+
+def test_table2_pairs_constant_with_learned_sigma(tmp_path):
+    df = write_table("table2", tmp_path / "none", tmp_path)
+    static = df[df.mnist == "static"].set_index("model")
+    assert static.loc["IAF depth 2 width 320, constant σ", "published_vlb"] == -84.67
+    assert static.loc["IAF depth 2 width 320", "published_vlb"] == -84.40
+    assert (tmp_path / "table2.csv").exists() and "not run" in (tmp_path / "table2.md").read_text()
+
+
+def test_smoke_run_writes_results_with_provenance(tmp_path):
+    result = run("static-diag", "smoke", runs_dir=tmp_path / "runs", results_dir=tmp_path / "results", progress=False)
+    saved = json.loads((tmp_path / "results" / "static-diag__smoke__s0.json").read_text())
+    assert saved == json.loads(json.dumps(result))
+    for key in ("commit", "dirty", "device", "threads", "torch", "budget", "epochs", "is_samples", "eval_images", "train_seconds"):
+        assert key in saved, key
+    assert saved["eval_images"] == BUDGETS["smoke"].eval_images and saved["is_samples"] == BUDGETS["smoke"].is_samples
+    metrics = pd.read_csv(tmp_path / "results" / "static-diag__smoke__s0.metrics.csv")
+    assert list(metrics.epoch) == [1]
