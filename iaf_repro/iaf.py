@@ -4,9 +4,10 @@
 
 # %% auto #0
 __all__ = ['IAFStep', 'flow_jacobian', 'IAF', 'iaf_log_q', 'LinearIAFStep', 'linear_iaf_covariance', 'gaussian_kl',
-           'diagonal_kl_floor', 'fit_reverse_kl', 'plot_iaf_jacobians', 'plot_linear_iaf', 'make_figures']
+           'diagonal_kl_floor', 'fit_linear_iaf', 'funnel_log_prob', 'location_only_kl_floor', 'fit_funnel',
+           'plot_funnel_fits', 'plot_iaf_jacobians', 'plot_linear_iaf', 'make_figures']
 
-# %% ../nbs/04_iaf.ipynb #8f7b4461
+# %% ../nbs/04_iaf.ipynb #72409ad4
 import math
 from pathlib import Path
 
@@ -17,10 +18,10 @@ import torch.nn.functional as F
 from matplotlib.colors import LogNorm
 from torch import nn
 
-from .density import FlowChain, check_batch, check_context, flow_log_prob, log_standard_normal
+from .density import FlowChain, check_batch, check_context, flow_log_prob, log_normal_diag, log_standard_normal
 from .made import MADE
 
-# %% ../nbs/04_iaf.ipynb #95723a8d
+# %% ../nbs/04_iaf.ipynb #5221e783
 class IAFStep(nn.Module):
     "Gated IAF step: `z [B, D], h [B, C] -> (z_new [B, D], log_det [B])`, z_new = σ⊙z + (1−σ)⊙m (IAF Alg. 1)."
     def __init__(self, D: int, context_dim: int = 0, hidden_sizes: list[int] = (320, 320),
@@ -33,7 +34,7 @@ class IAFStep(nn.Module):
             with torch.no_grad(): self.made.net[-1].bias[D:] = s_bias       # outputs are [m_1..m_D, s_1..s_D]
 
     def m_and_s(self, z: torch.Tensor, h: torch.Tensor | None = None):
-        "One MADE pass: `(m [B, D], s [B, D])`, s is None for constant σ (IAF Eq. 6)."
+        "One MADE pass: `(m [B, D], s [B, D])`, s is None for constant σ (ch. 04 Eq. 6; IAF Alg. 1)."
         out = self.made(z, h)                                               # [B, n_params, D]
         return out[:, 0], (out[:, 1] if self.learned_sigma else None)
 
@@ -44,7 +45,7 @@ class IAFStep(nn.Module):
         return sigma * z + (1 - sigma) * m, F.logsigmoid(s).sum(-1)        # Eq. 6, Eq. 7
 
     def inverse(self, z_new: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
-        "Sequential inverse by D MADE passes: `z_new [B, D] -> z [B, D]` (IAF Sec. 4)."
+        "Sequential inverse by D MADE passes: `z_new [B, D] -> z [B, D]` (IAF Sec. 3)."
         B, _ = check_batch(z_new, self.D, "z_new")
         check_context(h, B, self.context_dim)
         z = torch.zeros_like(z_new)
@@ -53,13 +54,13 @@ class IAFStep(nn.Module):
             z = z_new - m if s is None else (z_new - (1 - torch.sigmoid(s)) * m) / torch.sigmoid(s)
         return z
 
-# %% ../nbs/04_iaf.ipynb #f896abe4
+# %% ../nbs/04_iaf.ipynb #3c3d582b
 def flow_jacobian(layer: nn.Module, z: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
     "Autograd Jacobian dz_new/dz of a flow layer at one point: `z [D], h [C] -> [D, D]`."
     if h is None: return torch.func.jacrev(lambda z: layer(z[None])[0][0])(z)
     return torch.func.jacrev(lambda z: layer(z[None], h[None])[0][0])(z)
 
-# %% ../nbs/04_iaf.ipynb #df44047b
+# %% ../nbs/04_iaf.ipynb #2472756e
 class IAF(FlowChain):
     "`depth` IAF steps, order reversed between steps: `z [B, D], h -> (z_T [B, D], Σ_t log_det_t [B])` (IAF Sec. 4)."
     def __init__(self, D: int, context_dim: int = 0, depth: int = 2, hidden_sizes: list[int] = (320, 320),
@@ -74,7 +75,7 @@ class IAF(FlowChain):
         for step in reversed(self.layers): z_T = step.inverse(z_T, h)
         return z_T
 
-# %% ../nbs/04_iaf.ipynb #d9637a96
+# %% ../nbs/04_iaf.ipynb #fba0c3f8
 def iaf_log_q(eps: torch.Tensor, log_sigma0: torch.Tensor, log_det: torch.Tensor) -> torch.Tensor:
     "log q(z_T|x) from the noise `eps [B, D]`, the encoder's `log_sigma0 [B, D]` and the chain's `log_det [B]` (IAF Eq. 11)."
     B, D = check_batch(eps, name="eps")
@@ -82,9 +83,10 @@ def iaf_log_q(eps: torch.Tensor, log_sigma0: torch.Tensor, log_det: torch.Tensor
     log_q0 = log_standard_normal(eps) - log_sigma0.expand(B, D).sum(-1)      # log N(z_0; mu, diag sigma_0^2)
     return flow_log_prob(log_q0, log_det)                                     # Eq. 10
 
-# %% ../nbs/04_iaf.ipynb #da36c37b
+# %% ../nbs/04_iaf.ipynb #db8acffc
 class LinearIAFStep(nn.Module):
     "Linear IAF step, m = W z + b with W strictly lower-triangular, constant gate s: `z [B, D] -> (L z + c, log_det [B])` (IAF App. A)."
+    # unconditional, like nf's planar and radial layers: a context h is accepted (a chain hands it to every layer) and ignored
     def __init__(self, D: int, s_bias: float = 1.5):
         super().__init__()
         self.D = D
@@ -99,108 +101,165 @@ class LinearIAFStep(nn.Module):
 
     def forward(self, z: torch.Tensor, h: torch.Tensor | None = None):
         B, _ = check_batch(z, self.D)
-        check_context(h, B, 0)
+        if h is not None: check_context(h, B, check_batch(h, name="h")[1])     # well-formed, then ignored
         L, c = self.affine()
         return z @ L.T + c, F.logsigmoid(self.s).sum().expand(B)
 
-# %% ../nbs/04_iaf.ipynb #6b1b8221
+# %% ../nbs/04_iaf.ipynb #a119c149
 def linear_iaf_covariance(step: LinearIAFStep, sigma0: torch.Tensor) -> torch.Tensor:
     "Covariance of z_1 = L z_0 + c for z_0 with diagonal std `sigma0 [D]`: L diag(σ0²) Lᵀ `[D, D]` (Eq. 12)."
     L, _ = step.affine()
     return L @ torch.diag(sigma0**2) @ L.T
 
-# %% ../nbs/04_iaf.ipynb #2ecd7e44
+# %% ../nbs/04_iaf.ipynb #e4097444
 def gaussian_kl(mean_q: torch.Tensor, cov_q: torch.Tensor, mean_p: torch.Tensor, cov_p: torch.Tensor) -> torch.Tensor:
     "KL(N(mean_q, cov_q) || N(mean_p, cov_p)) in nats, closed form: `[D], [D, D], [D], [D, D] -> []` (Eq. 13)."
-    precision = torch.linalg.inv(cov_p)
-    diff = mean_q - mean_p
-    return 0.5 * (torch.trace(precision @ cov_q) + diff @ precision @ diff - len(mean_q)
-                  + torch.logdet(cov_p) - torch.logdet(cov_q))
+    mvn = torch.distributions.MultivariateNormal
+    return torch.distributions.kl_divergence(mvn(mean_q, cov_q), mvn(mean_p, cov_p))
 
 def diagonal_kl_floor(cov_p: torch.Tensor) -> float:
     "Smallest reverse KL a diagonal Gaussian can reach against N(·, cov_p): ½[log det Σ + Σ_i log Λ_ii] (Eq. 14)."
     return 0.5 * (torch.logdet(cov_p) + torch.linalg.inv(cov_p).diagonal().log().sum()).item()
 
-# %% ../nbs/04_iaf.ipynb #f33f8e1c
-def fit_reverse_kl(mean_p: torch.Tensor, cov_p: torch.Tensor, linear_iaf: bool = True, n_steps: int = 300,
-                   batch: int = 256, lr: float = 0.05, seed: int = 0) -> tuple[list[float], torch.Tensor, torch.Tensor]:
-    "Fit diagonal Gaussian (+ one linear IAF step) to N(mean_p, cov_p) by reverse KL; return (exact KL per step, mean_q, cov_q)."
-    torch.manual_seed(seed)
-    D = len(mean_p)
+# %% ../nbs/04_iaf.ipynb #7710b9bf
+def _fit_diagonal_base(flow: nn.Module | None, log_p, D: int, n_steps: int, batch: int, lr: float, seed: int,
+                       record=None) -> tuple[list[float], torch.Tensor, torch.Tensor]:
+    "Reverse-KL fit of a diagonal Gaussian base (+ `flow`, None for none) to `log_p: [n, D] -> [n]`: `-> (history, mu, log_sigma0)`."
+    g = torch.Generator().manual_seed(seed)                                  # our own noise: the global RNG is untouched
     mu, log_sigma0 = nn.Parameter(torch.zeros(D)), nn.Parameter(torch.zeros(D))
-    step = LinearIAFStep(D) if linear_iaf else None
-    target = torch.distributions.MultivariateNormal(mean_p, cov_p)
-    params = [mu, log_sigma0] + (list(step.parameters()) if step else [])
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.Adam([mu, log_sigma0, *(flow.parameters() if flow else [])], lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, n_steps)   # decay: lets the Monte Carlo noise settle
+    history = []
+    for _ in range(n_steps):
+        eps = torch.randn(batch, D, generator=g)
+        z_0 = mu + log_sigma0.exp() * eps
+        z_T, log_det = flow(z_0) if flow else (z_0, torch.zeros(batch))
+        loss = (iaf_log_q(eps, log_sigma0, log_det) - log_p(z_T)).mean()    # Monte Carlo reverse KL (up to log Z)
+        opt.zero_grad(); loss.backward(); opt.step(); schedule.step()
+        with torch.no_grad(): history.append(record(mu, log_sigma0) if record else loss.item())
+    return history, mu.detach(), log_sigma0.detach()
 
-    def q_mean_cov():
+# %% ../nbs/04_iaf.ipynb #aa3728d4
+def fit_linear_iaf(mean_p: torch.Tensor, cov_p: torch.Tensor, linear_iaf: bool = True, n_steps: int = 300,
+                   batch: int = 256, lr: float = 0.05, seed: int = 0) -> tuple[list[float], torch.Tensor, torch.Tensor]:
+    "Fit diagonal Gaussian (+ one `LinearIAFStep`) to N(mean_p, cov_p) by reverse KL: `-> (exact KL per step, mean_q [D], cov_q [D, D])`."
+    D = len(mean_p)
+    step = LinearIAFStep(D) if linear_iaf else None
+
+    def q_mean_cov(mu, log_sigma0):
         L, c = step.affine() if step else (torch.eye(D), torch.zeros(D))
         return L @ mu + c, L @ torch.diag(torch.exp(2 * log_sigma0)) @ L.T      # Eq. 11, Eq. 12
 
-    history = []
-    for _ in range(n_steps):
-        eps = torch.randn(batch, D)
-        z_0 = mu + log_sigma0.exp() * eps
-        z_T, log_det = step(z_0) if step else (z_0, torch.zeros(batch))
-        loss = (iaf_log_q(eps, log_sigma0, log_det) - target.log_prob(z_T)).mean()  # Monte Carlo reverse KL
-        opt.zero_grad(); loss.backward(); opt.step(); schedule.step()
-        with torch.no_grad(): history.append(gaussian_kl(*q_mean_cov(), mean_p, cov_p).item())
-    with torch.no_grad(): return history, *q_mean_cov()
+    exact_kl = lambda mu, log_sigma0: gaussian_kl(*q_mean_cov(mu, log_sigma0), mean_p, cov_p).item()   # Eq. 13
+    target = torch.distributions.MultivariateNormal(mean_p, cov_p)
+    history, mu, log_sigma0 = _fit_diagonal_base(step, target.log_prob, D, n_steps, batch, lr, seed, record=exact_kl)
+    with torch.no_grad(): return history, *q_mean_cov(mu, log_sigma0)
 
-# %% ../nbs/04_iaf.ipynb #d035d024
+# %% ../nbs/04_iaf.ipynb #a24d36a4
+def funnel_log_prob(x: torch.Tensor, c: float = 2.0) -> torch.Tensor:
+    "Funnel log-density, x_1 ~ N(0, 1) and x_2 | x_1 ~ N(0, e^{c x_1}): `x [B, 2] -> [B]` (Eq. 15; after Neal 2003)."
+    check_batch(x, 2, "x")
+    log_std = torch.stack([torch.zeros_like(x[:, 0]), c * x[:, 0] / 2], 1)   # [B, 2]: log std of x_1, of x_2 | x_1
+    return log_normal_diag(x, torch.zeros_like(x), log_std)
+
+def location_only_kl_floor(c: float = 2.0) -> float:
+    "Smallest reverse KL to the funnel reachable by a diagonal Gaussian and one constant-σ IAF step: ½ log(1 + c²/2) (Eq. 16)."
+    return 0.5 * math.log1p(c**2 / 2)
+
+# %% ../nbs/04_iaf.ipynb #ab77a5c3
+def fit_funnel(learned_sigma: bool, c: float = 2.0, n_steps: int = 800, hidden_sizes: list[int] = (32, 32),
+               batch: int = 256, lr: float = 1e-2, n_eval: int = 20_000, seed: int = 0):
+    "Fit a diagonal Gaussian + one IAF step (learned or constant σ) to the funnel by reverse KL: `-> (loss history, KL, std error, samples [n_eval, 2])`."
+    with torch.random.fork_rng(devices=[]):                                # seeded MADE initialisation; global RNG restored
+        torch.manual_seed(seed)
+        step = IAFStep(2, hidden_sizes=hidden_sizes, learned_sigma=learned_sigma)
+    log_p = lambda x: funnel_log_prob(x, c)
+    history, mu, log_sigma0 = _fit_diagonal_base(step, log_p, 2, n_steps, batch, lr, seed)
+    with torch.no_grad():
+        eps = torch.randn(n_eval, 2, generator=torch.Generator().manual_seed(seed + 1))   # fresh draws for the estimate
+        x, log_det = step(mu + log_sigma0.exp() * eps)
+        kl = iaf_log_q(eps, log_sigma0, log_det) - log_p(x)                # log q - log p at samples of q
+    return history, kl.mean().item(), (kl.std() / math.sqrt(n_eval)).item(), x
+
+# %% ../nbs/04_iaf.ipynb #ac61db55
+def plot_funnel_fits(fits: dict, c: float = 2.0, n_samples: int = 2000, seed: int = 0):
+    "Samples of the funnel and of its learned-σ and constant-σ IAF fits, plus the fits' loss curves (Eq. 15-16)."
+    g = torch.Generator().manual_seed(seed)
+    x1 = torch.randn(n_samples, generator=g)
+    target = torch.stack([x1, (c * x1 / 2).exp() * torch.randn(n_samples, generator=g)], 1)
+    panels = [(target, "k", f"target p: funnel (Eq. 15), c = {c:g}")] + [
+        (fits[learned][3][:n_samples], color, f"{name} σ, one IAF step\nKL(q‖p) = {fits[learned][1]:.3f} ± {fits[learned][2]:.3f} nats")
+        for learned, color, name in [(True, "C1", "learned"), (False, "C0", "constant")]]
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.4), constrained_layout=True)
+    edge = torch.linspace(-3, 3, 200)
+    for ax, (x, color, title) in zip(axes, panels):
+        ax.scatter(*x.T, s=2, alpha=0.3, color=color)
+        for sign in (1, -1): ax.plot(edge, sign * 2 * (c * edge / 2).exp(), color="k", ls="--", lw=1,
+                                     label="target ±2 std of $x_2$ given $x_1$" if sign == 1 else None)
+        ax.set(xlim=(-3, 3), ylim=(-10, 10), xlabel="coordinate 1 ($x_1$)", ylabel="coordinate 2 ($x_2$)", title=title)
+        ax.legend(frameon=False, loc="upper left", fontsize=8)
+    ax = axes[3]
+    for learned, color, name in [(True, "C1", "learned σ"), (False, "C0", "constant σ")]:
+        ax.plot(fits[learned][0], color=color, lw=0.8, label=name)
+    ax.axhline(location_only_kl_floor(c), color="k", ls="--", lw=1, zorder=3, label=f"Eq. 16 floor = {location_only_kl_floor(c):.3f}")
+    ax.set(ylim=(-0.1, 2.0), xlabel="Adam step", ylabel="reverse KL [nats], Monte Carlo (batch)", title="reverse-KL fits to the funnel")
+    ax.legend(frameon=False)
+    fig.suptitle("Learned σ can widen and narrow the density where needed; constant σ (volume preserving) cannot")
+    return fig
+
+# %% ../nbs/04_iaf.ipynb #9b6cb6dd
 def plot_iaf_jacobians(D: int = 6, hidden_sizes: list[int] = (24, 24), seed: int = 0):
-    "Heatmaps of |dz_new/dz| for one step, a reversed step, two same-order steps and two reversed steps (IAF Sec. 4)."
+    "Heatmaps of |dz_new/dz| for one step, a reversed step, two same-order steps and two reversed steps, at initialisation (IAF Sec. 4)."
     torch.manual_seed(seed)
     first, second = IAFStep(D, hidden_sizes=hidden_sizes).double(), IAFStep(D, hidden_sizes=hidden_sizes, reverse=True).double()
     same = IAFStep(D, hidden_sizes=hidden_sizes).double()
     z = torch.randn(D, dtype=torch.float64)
     panels = [(first, "one step: lower-triangular, diagonal σ"), (second, "one reversed step: upper-triangular"),
               (FlowChain(first, same), "two steps, same order: still triangular"),
-              (FlowChain(first, second), "two steps, order reversed: dense")]
+              (FlowChain(first, second), "two steps, order reversed: no forced zeros")]
     fig, axes = plt.subplots(1, 4, figsize=(17, 4.4), constrained_layout=True)
     for ax, (layer, title) in zip(axes, panels):
         jac = flow_jacobian(layer, z).abs().detach().numpy()
         im = ax.imshow(np.ma.masked_equal(jac, 0.0), cmap="viridis", norm=LogNorm(1e-3, 1.0), interpolation="nearest")
         ax.set_xticks(range(D), [f"z{j + 1}" for j in range(D)]); ax.set_yticks(range(D), [f"z'{i + 1}" for i in range(D)])
         ax.set(title=title, xlabel="input dimension j", ylabel="output dimension i")
-    fig.colorbar(im, ax=axes, shrink=0.8, label="|∂ output_i / ∂ input_j| (white: exactly 0)")
-    fig.suptitle(f"Jacobians of IAF steps at a random point, D = {D}")
+    fig.colorbar(im, ax=axes, shrink=0.8, extend="min", label="|∂ output_i / ∂ input_j|, log scale\n(white: exactly 0; arrow: non-zero below 1e-3)")
+    fig.suptitle(f"Jacobians of freshly initialised IAF steps at a random point, D = {D}")
     return fig
 
-# %% ../nbs/04_iaf.ipynb #92d1c4ea
+# %% ../nbs/04_iaf.ipynb #b19ec402
 def _ellipse(mean, cov, n_std=2.0, n=200):
     "Points on the n_std contour of N(mean, cov) in 2-D: `[n, 2]`."
     angle = torch.linspace(0, 2 * math.pi, n, dtype=cov.dtype)
     circle = torch.stack([angle.cos(), angle.sin()], 1)
     return mean + n_std * circle @ torch.linalg.cholesky(cov).T
 
-# %% ../nbs/04_iaf.ipynb #a1a9abca
+# %% ../nbs/04_iaf.ipynb #2d533024
 def plot_linear_iaf(n_steps: int = 300, n_samples: int = 3000, seed: int = 0):
     "Appendix A: samples vs Eq. 12 covariance, reverse-KL fit curves, fitted vs target contours (IAF App. A)."
-    torch.manual_seed(seed)
     step = LinearIAFStep(2)
     with torch.no_grad(): step.W[1, 0] = 6.0; step.s.fill_(2.0)
     sigma0 = torch.tensor([1.0, 0.6])
-    z_0 = sigma0 * torch.randn(n_samples, 2)
+    z_0 = sigma0 * torch.randn(n_samples, 2, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad(): z_1 = step(z_0)[0]
     mean_p, cov_p = torch.tensor([1.0, -1.0]), torch.tensor([[2.0, 1.2], [1.2, 1.0]])
-    kl_diag, mean_d, cov_d = fit_reverse_kl(mean_p, cov_p, linear_iaf=False, n_steps=n_steps, seed=seed)
-    kl_iaf, mean_i, cov_i = fit_reverse_kl(mean_p, cov_p, linear_iaf=True, n_steps=n_steps, seed=seed)
+    kl_diag, mean_d, cov_d = fit_linear_iaf(mean_p, cov_p, linear_iaf=False, n_steps=n_steps, seed=seed)
+    kl_iaf, mean_i, cov_i = fit_linear_iaf(mean_p, cov_p, linear_iaf=True, n_steps=n_steps, seed=seed)
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6), constrained_layout=True)
     ax = axes[0]
     ax.scatter(*z_0.T, s=2, alpha=0.3, color="C0", label="$z_0$, diagonal Gaussian")
     ax.scatter(*z_1.T, s=2, alpha=0.3, color="C1", label="$z_1 = L z_0 + c$")
-    ax.plot(*_ellipse(torch.zeros(2), torch.diag(sigma0**2)).T, color="C0")
-    with torch.no_grad(): ax.plot(*_ellipse(step.affine()[1], linear_iaf_covariance(step, sigma0)).T, color="C1", label="Eq. 12, 2 std")
-    ax.set(xlabel="$z_1$ (dimension 1)", ylabel="$z_2$ (dimension 2)", title="one linear IAF step: diagonal → full covariance", aspect="equal")
+    ax.plot(*_ellipse(torch.zeros(2), torch.diag(sigma0**2)).T, color="C0", label="$z_0$, 2 std")
+    with torch.no_grad(): ax.plot(*_ellipse(step.affine()[1], linear_iaf_covariance(step, sigma0)).T, color="C1", label="$z_1$, 2 std (Eq. 12)")
+    ax.set(xlabel="coordinate 1", ylabel="coordinate 2", title="one linear IAF step: diagonal → full covariance", aspect="equal")
     ax.legend(frameon=False, markerscale=4, fontsize=8)
     ax = axes[1]
-    ax.plot(kl_diag, color="C0", label="diagonal Gaussian")
+    ax.plot(kl_diag, color="C0", lw=3, label="diagonal Gaussian")
     ax.plot(kl_iaf, color="C1", label="diagonal + linear IAF")
-    ax.axhline(diagonal_kl_floor(cov_p), color="k", ls="--", lw=1, label=f"Eq. 14 floor = {diagonal_kl_floor(cov_p):.3f}")
-    ax.set(yscale="log", ylim=(1e-4, None), xlabel="Adam step", ylabel="KL(q || p) [nats], exact (Eq. 13)",
+    ax.axhline(diagonal_kl_floor(cov_p), color="k", ls="--", lw=1, zorder=3,   # on top of the diagonal curve it meets
+               label=f"Eq. 14 floor = {diagonal_kl_floor(cov_p):.3f}")
+    ax.set(yscale="log", xlabel="Adam step", ylabel="KL(q || p) [nats], exact (Eq. 13)",
            title="reverse-KL fit to a correlated 2-D Gaussian")
     ax.legend(frameon=False)
     ax = axes[2]
@@ -208,16 +267,19 @@ def plot_linear_iaf(n_steps: int = 300, n_samples: int = 3000, seed: int = 0):
                                       ((mean_i, cov_i), "C1", "fitted linear IAF")]:
         for n_std in (1.0, 2.0): ax.plot(*_ellipse(mean, cov, n_std).T, color=color, ls="--" if color == "k" else "-",
                                          label=label if n_std == 1.0 else None)
-    ax.set(xlabel="$z_1$", ylabel="$z_2$", title="fitted q vs target (1 and 2 std contours)", aspect="equal")
+    ax.set(xlabel="coordinate 1", ylabel="coordinate 2", title="fitted q vs target (1 and 2 std contours)", aspect="equal")
     ax.legend(frameon=False)
     return fig
 
-# %% ../nbs/04_iaf.ipynb #98d32fad
+# %% ../nbs/04_iaf.ipynb #3ff8316e
 def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
-    "Render this chapter's figures (Jacobian patterns, linear-IAF covariance) into `out_dir`."
+    "Render this chapter's figures (Jacobian patterns, linear-IAF covariance, learned vs constant σ) into `out_dir`."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
+    funnel_steps = 100 if quick else 1500
     figures = {"iaf_jacobians.png": plot_iaf_jacobians(),
-               "iaf_linear_covariance.png": plot_linear_iaf(n_steps=60 if quick else 600, n_samples=500 if quick else 4000)}
+               "iaf_linear_covariance.png": plot_linear_iaf(n_steps=60 if quick else 600, n_samples=500 if quick else 4000),
+               "iaf_learned_vs_constant_sigma.png": plot_funnel_fits({learned: fit_funnel(learned, n_steps=funnel_steps)
+                                                                      for learned in (True, False)})}
     paths = []
     for name, fig in figures.items():
         fig.savefig(out_dir / name, dpi=130, bbox_inches="tight"); plt.close(fig)

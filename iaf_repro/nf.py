@@ -7,11 +7,12 @@ __all__ = ['ENERGIES', 'FIT_COLUMNS', 'planar_u_hat', 'PlanarFlow', 'radial_alph
            'U2', 'U3', 'U4', 'log_partition', 'annealed_beta', 'sample_flow', 'fit_reverse_kl', 'reverse_kl',
            'flow_log_density', 'make_flow', 'plot_density', 'plot_energy_fits', 'fit_energy_grid', 'make_figures']
 
-# %% ../nbs/02_planar_radial.ipynb #4007d09c
+# %% ../nbs/02_planar_radial.ipynb #f944012d
 import copy
 import csv
 import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -24,19 +25,19 @@ from tqdm.auto import tqdm
 
 from .density import FlowChain, check_batch, check_context, flow_log_prob, log_standard_normal
 
-# %% ../nbs/02_planar_radial.ipynb #eb517edb
+# %% ../nbs/02_planar_radial.ipynb #a350ee67
 def _check_unused_context(h: torch.Tensor | None, batch: int) -> None:
     "Accept and ignore a context `h` (a chain passes it to every layer), but reject a malformed one."
     if h is not None: check_context(h, batch, check_batch(h, name="h")[1])
 
-# %% ../nbs/02_planar_radial.ipynb #aea5fabe
+# %% ../nbs/02_planar_radial.ipynb #a6f8d76d
 def planar_u_hat(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     "û = u + (m(wᵀu) - wᵀu) w/‖w‖², m(a) = -1 + softplus(a), so that wᵀû > -1: `[D], [D] -> [D]` (Eq. 5)."
     w_dot_u = w @ u
     w_norm_sq = (w @ w).clamp_min(torch.finfo(w.dtype).tiny)    # ‖w‖ SQUARED; w = 0 gives û = u
     return u + (-1 + F.softplus(w_dot_u) - w_dot_u) * w / w_norm_sq
 
-# %% ../nbs/02_planar_radial.ipynb #bfaf9d6a
+# %% ../nbs/02_planar_radial.ipynb #26b483b4
 class PlanarFlow(nn.Module):
     "Planar flow f(z) = z + û tanh(wᵀz + b): `z: [B, D] -> (z_new [B, D], log_det [B])` (Eqs. 1, 3, 5)."
     def __init__(self, dim: int):
@@ -54,7 +55,7 @@ class PlanarFlow(nn.Module):
         u_dot_psi = (1 - act**2) * (self.w @ u_hat)            # ûᵀψ(z) = tanh'(wᵀz + b) wᵀû: [B]
         return z + act[:, None] * u_hat, torch.log1p(u_dot_psi)   # 1 + ûᵀψ > 0 by Eq. 4: no |·| needed
 
-# %% ../nbs/02_planar_radial.ipynb #da19f06b
+# %% ../nbs/02_planar_radial.ipynb #4ba34649
 @patch
 @torch.no_grad()
 def inverse(self: PlanarFlow, y: torch.Tensor, n_iter: int = 64) -> torch.Tensor:
@@ -69,7 +70,7 @@ def inverse(self: PlanarFlow, y: torch.Tensor, n_iter: int = 64) -> torch.Tensor
         lo, hi = torch.where(above, lo, mid), torch.where(above, mid, hi)
     return y - torch.tanh((lo + hi) / 2)[:, None] * u_hat
 
-# %% ../nbs/02_planar_radial.ipynb #f2cb666a
+# %% ../nbs/02_planar_radial.ipynb #2285eebe
 def radial_alpha_beta(alpha_raw: torch.Tensor, beta_raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "α = softplus(α̃) > 0 and β = -α + softplus(β̃) ≥ -α from unconstrained parameters (Eq. 9)."
     alpha = F.softplus(alpha_raw)
@@ -94,7 +95,7 @@ class RadialFlow(nn.Module):
         log_det = (D - 1) * torch.log1p(beta_eta) + torch.log1p(beta_eta * alpha / (alpha + r))   # Eq. 8, 2nd factor as 1 + αβη²
         return z + beta_eta[:, None] * diff, log_det
 
-# %% ../nbs/02_planar_radial.ipynb #03c8ae72
+# %% ../nbs/02_planar_radial.ipynb #8422a8b3
 @patch
 @torch.no_grad()
 def inverse(self: RadialFlow, y: torch.Tensor) -> torch.Tensor:
@@ -107,7 +108,7 @@ def inverse(self: RadialFlow, y: torch.Tensor) -> torch.Tensor:
     r = torch.where(q > 0, 2 * alpha * r_new / (q + root), (root - q) / 2)
     return self.z0 + (y - self.z0) / (1 + beta / (alpha + r))[:, None]
 
-# %% ../nbs/02_planar_radial.ipynb #c6168316
+# %% ../nbs/02_planar_radial.ipynb #49b09f82
 class AdditiveCoupling(nn.Module):
     "NICE additive coupling (z_a, z_b) -> (z_a, z_b + m(z_a)), log-det 0: `z: [B, D] -> (z_new [B, D], log_det [B])` (Eq. 11)."
     def __init__(self, dim: int, hidden: int = 64, flip: bool = False):
@@ -136,7 +137,7 @@ class AdditiveCoupling(nn.Module):
         y_a, y_b = self._split(y)
         return self._merge(y_a, y_b - self.m(y_a))
 
-# %% ../nbs/02_planar_radial.ipynb #417cc8c9
+# %% ../nbs/02_planar_radial.ipynb #45b0ac83
 def _w1(z): return torch.sin(math.pi * z[:, 0] / 2)
 def _w2(z): return 3 * torch.exp(-0.5 * ((z[:, 0] - 1) / 0.6) ** 2)
 def _w3(z): return 3 * torch.sigmoid((z[:, 0] - 1) / 0.3)
@@ -166,14 +167,14 @@ def U4(z: torch.Tensor) -> torch.Tensor:
 
 ENERGIES = {"U1": U1, "U2": U2, "U3": U3, "U4": U4}
 
-# %% ../nbs/02_planar_radial.ipynb #bb07bb2e
+# %% ../nbs/02_planar_radial.ipynb #e7f6ce98
 def log_partition(energy, half_width: float = 7.0, n: int = 1401) -> float:
     "log Z = log ∫ exp(-U(z)) dz by a Riemann sum on an n×n grid over [-half_width, half_width]²."
     axis = torch.linspace(-half_width, half_width, n, dtype=torch.float64)
     grid = torch.cartesian_prod(axis, axis)                    # [n*n, 2]
     return (torch.logsumexp(-energy(grid), 0) + 2 * torch.log(axis[1] - axis[0])).item()
 
-# %% ../nbs/02_planar_radial.ipynb #94c69651
+# %% ../nbs/02_planar_radial.ipynb #0b9df404
 def annealed_beta(t: int, n_warmup: int) -> float:
     "Inverse temperature β_t = min(1, 0.01 + t/n_warmup) for the energy term (Eq. 14)."
     return min(1.0, 0.01 + t / n_warmup)
@@ -185,23 +186,29 @@ def sample_flow(flow: nn.Module, n: int, dim: int = 2, generator: torch.Generato
     z_K, log_det = flow(z0)
     return z_K, flow_log_prob(log_standard_normal(z0), log_det)
 
-# %% ../nbs/02_planar_radial.ipynb #542bc82d
+# %% ../nbs/02_planar_radial.ipynb #adb04f9a
+@contextmanager
+def _num_threads(n: int | None):
+    "Run a block with `n` intra-op threads (None: leave as is), restoring the previous number afterwards."
+    before = torch.get_num_threads()
+    if n: torch.set_num_threads(n)
+    try: yield
+    finally: torch.set_num_threads(before)
+
 def fit_reverse_kl(flow: nn.Module, energy, n_iter: int = 2500, batch: int = 256, lr: float = 1e-2, n_warmup: int | None = None,
                    dim: int = 2, seed: int = 0, progress: bool = True, num_threads: int | None = 1) -> list[float]:
     "Minimize the annealed reverse-KL loss E[log q_K(z_K) + β_t U(z_K)] with Adam; return the loss at β = 1 per step (Eqs. 13-14)."
     n_warmup = n_warmup or max(1, n_iter // 4)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(flow.parameters(), lr=lr)
-    history, threads = [], torch.get_num_threads()
-    if num_threads: torch.set_num_threads(num_threads)         # tiny tensors: more threads only add waiting
-    try:
+    history = []
+    with _num_threads(num_threads):                            # tiny tensors: more threads only add waiting
         for t in tqdm(range(n_iter), desc="reverse KL", disable=not progress, leave=False):
             z_K, log_q = sample_flow(flow, batch, dim, generator)
             U = energy(z_K)
             loss = (log_q + annealed_beta(t, n_warmup) * U).mean()
             optimizer.zero_grad(); loss.backward(); optimizer.step()
             history.append((log_q + U).mean().item())          # Eq. 13 without log Z
-    finally: torch.set_num_threads(threads)
     return history
 
 @torch.no_grad()
@@ -211,7 +218,7 @@ def reverse_kl(flow: nn.Module, energy, log_Z: float = 0.0, n: int = 100_000, di
     terms = (log_q + energy(z_K)).double() + log_Z
     return terms.mean().item(), (terms.std() / math.sqrt(n)).item()
 
-# %% ../nbs/02_planar_radial.ipynb #ea2d2dcc
+# %% ../nbs/02_planar_radial.ipynb #f9357631
 @torch.no_grad()
 def flow_log_density(flow: FlowChain, z: torch.Tensor) -> torch.Tensor:
     "Exact log q_K(z) at given points, by inverting each layer, then re-running the chain: `[N, D] -> [N]` (Eq. 5 of chapter 00)."
@@ -225,7 +232,7 @@ def make_flow(kind: str, K: int, dim: int = 2) -> FlowChain:
     if kind not in layers: raise ValueError(f"unknown flow kind {kind!r}; use one of {list(layers)}")
     return FlowChain(*[layers[kind](dim) for _ in range(K)])
 
-# %% ../nbs/02_planar_radial.ipynb #13137d25
+# %% ../nbs/02_planar_radial.ipynb #01be2e72
 def _grid(half_width: float, n: int) -> torch.Tensor:
     axis = torch.linspace(-half_width, half_width, n, dtype=torch.float64)
     z2, z1 = torch.meshgrid(axis, axis, indexing="ij")          # rows = z2, columns = z1
@@ -238,7 +245,7 @@ def plot_density(ax, log_density, title: str = "", half_width: float = 4.0, n: i
     ax.set_title(title, fontsize=9); ax.set_xticks([]); ax.set_yticks([])
     return image
 
-# %% ../nbs/02_planar_radial.ipynb #bdbd07ae
+# %% ../nbs/02_planar_radial.ipynb #4ea433d2
 FIT_COLUMNS = (("planar", 2), ("planar", 8), ("planar", 32), ("radial", 32))   # R&M Fig. 3 plus a radial column
 
 def plot_energy_fits(flows: dict, kls: dict, log_Z: dict, n: int = 200):
@@ -258,7 +265,7 @@ def plot_energy_fits(flows: dict, kls: dict, log_Z: dict, n: int = 200):
     fig.suptitle("Reverse-KL fits of planar and radial flows to R&M's energies on $[-4, 4]^2$ (cf. R&M Fig. 3)", y=0.995)
     return fig
 
-# %% ../nbs/02_planar_radial.ipynb #83f73c4a
+# %% ../nbs/02_planar_radial.ipynb #057de9d3
 def fit_energy_grid(n_iter: int = 2500, batch: int = 256, lr: float = 1e-2, seed: int = 0, n_kl: int = 100_000, progress: bool = True):
     "Fit every (energy, flow) cell of the figure; return `(flows, rows)`, rows being the KL table with provenance."
     flows, rows = {}, []
@@ -281,9 +288,10 @@ def fit_energy_grid(n_iter: int = 2500, batch: int = 256, lr: float = 1e-2, seed
 def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
     "Fit the grid, save `planar_radial_energy_fits.png` and `tables/planar_radial_energy_kl.csv` under `out_dir`."
     out_dir = Path(out_dir)
-    flows, rows = fit_energy_grid(n_iter=40 if quick else 2500, n_kl=2_000 if quick else 100_000, progress=not quick)
-    kls = {(r["energy"], r["flow"], r["K"]): r["kl_nats"] for r in rows}
-    fig = plot_energy_fits(flows, kls, {r["energy"]: r["log_Z"] for r in rows}, n=60 if quick else 200)
+    with _num_threads(1):                                      # small tensors throughout: see the budget note
+        flows, rows = fit_energy_grid(n_iter=40 if quick else 2500, n_kl=2_000 if quick else 100_000, progress=not quick)
+        kls = {(r["energy"], r["flow"], r["K"]): r["kl_nats"] for r in rows}
+        fig = plot_energy_fits(flows, kls, {r["energy"]: r["log_Z"] for r in rows}, n=60 if quick else 200)
     png, table = out_dir / "planar_radial_energy_fits.png", out_dir / "tables" / "planar_radial_energy_kl.csv"
     table.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=130, bbox_inches="tight"); plt.close(fig)

@@ -6,10 +6,9 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from iaf_repro.autoregressive import (DiagonalGaussian, count_made_passes, fit_both, iaf_log_prob_of, iaf_sample,
-                                      inverse_map, kl_both_ways, kl_estimate, maf_log_prob, maf_sample, make_figures,
-                                      median_seconds, mixture_target, num_threads, operations, pullback_log_prob,
-                                      time_costs)
+from iaf_repro.autoregressive import (DiagonalGaussian, _median_seconds, _num_threads, _operations, count_made_passes,
+                                      fit_both, iaf_log_prob_of, iaf_sample, inverse_map, kl_both_ways, kl_estimate,
+                                      maf_log_prob, maf_sample, make_figures, mixture_target, pullback_log_prob, time_costs)
 from iaf_repro.density import autograd_log_det, log_standard_normal
 from iaf_repro.iaf import IAF
 
@@ -19,7 +18,7 @@ F64 = torch.float64
 @pytest.fixture(autouse=True)
 def one_thread():
     "Tiny networks: one thread is much faster than two contending ones."
-    with num_threads(1):
+    with _num_threads(1):
         yield
 
 
@@ -84,6 +83,17 @@ def test_flow_kl_duality_holds_pointwise_both_ways(fb, B):
                                rtol=1e-7, atol=1e-7)
 
 
+@given(fb=flows(), B=st.integers(1, 4))
+def test_inverse_map_keeps_the_flow_contract(fb, B):
+    "inverse_map(flow) returns (F^-1(u), log|det dF^-1/du|), the log-det matching autograd on the sequential inverse."
+    flow, _, C = fb
+    u, h = torch.randn(B, flow.D, dtype=F64), context(C, B)
+    x, log_det = inverse_map(flow)(u, h)
+    assert x.shape == (B, flow.D) and log_det.shape == (B,)
+    torch.testing.assert_close(flow(x, h)[0], u, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(log_det, autograd_log_det(inverse_map(flow), u, h), rtol=1e-7, atol=1e-7)
+
+
 def test_both_densities_normalise_in_2d():
     torch.manual_seed(3)
     flow, base = IAF(2, depth=3, hidden_sizes=(12,)).double(), DiagonalGaussian(2).double()
@@ -98,7 +108,7 @@ def test_both_densities_normalise_in_2d():
 def test_made_passes_are_constant_or_linear_in_D(D, depth, B):
     flow = IAF(D, depth=depth, hidden_sizes=(4,))
     with torch.no_grad():
-        counts = {name: count_made_passes(flow, op)[1] for name, op in operations(flow, torch.randn(B, D)).items()}
+        counts = {name: count_made_passes(flow, op)[1] for name, op in _operations(flow, torch.randn(B, D)).items()}
     assert counts == {"MAF density": depth, "IAF sample": depth, "MAF sample": depth * D,
                       "IAF density of x": depth * D + depth}
 
@@ -123,7 +133,10 @@ def test_kl_estimate_and_eq8():
 def test_short_fits_beat_the_initialisation_and_each_wins_its_own_kl():
     p = mixture_target()
     maf, iaf = fit_both(p, depth=2, hidden_sizes=(32, 32), steps=600, lr=1e-2, progress=False)
+    state = torch.get_rng_state()
     kl_maf, kl_iaf = kl_both_ways(*maf, "maf", p, n=4000), kl_both_ways(*iaf, "iaf", p, n=4000)
+    assert torch.get_rng_state().equal(state)                       # seeded internally, caller's RNG untouched
+    assert kl_both_ways(*maf, "maf", p, n=500, seed=3) == kl_both_ways(*maf, "maf", p, n=500, seed=3)
     torch.manual_seed(0)
     untrained = kl_both_ways(IAF(2, hidden_sizes=(32, 32)), DiagonalGaussian(2), "maf", p, n=4000)
     assert kl_maf["forward"][0] < untrained["forward"][0]
@@ -142,12 +155,12 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="must be >= 1"): maf_sample(flow, 0)
     with pytest.raises(ValueError, match="role must be"): kl_both_ways(flow, DiagonalGaussian(2), "nice", mixture_target())
     with pytest.raises(ValueError, match="std > 0"): mixture_target(std=-1.0)
-    with pytest.raises(ValueError, match="repeats must be >= 1"): median_seconds(lambda: None, repeats=0)
+    with pytest.raises(ValueError, match="repeats must be >= 1"): _median_seconds(lambda: None, repeats=0)
 
 
 def test_num_threads_restores():
     before = torch.get_num_threads()
-    with num_threads(1) as used:
+    with _num_threads(1) as used:
         assert used == torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
 

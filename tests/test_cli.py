@@ -37,3 +37,10 @@ def test_unknown_chapter_is_an_error_listing_valid_names(capsys):
 def test_quick_figures_land_in_the_output_folder(tmp_path):
     assert main(["figures", "change_of_variables", "made", "--quick", "--out", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["change_of_variables_1d.png", "made_masks.png"]
+
+
+def test_the_package_root_gives_the_flows():
+    import iaf_repro
+    for name in ("FlowChain", "PlanarFlow", "RadialFlow", "AdditiveCoupling", "MADE", "IAF", "IAFStep", "iaf_log_q",
+                 "elbo", "iwae_bound", "importance_sampled_log_px"):
+        assert hasattr(iaf_repro, name), name

@@ -3,9 +3,10 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from iaf_repro.density import autograd_log_det, log_normal_diag, log_standard_normal
-from iaf_repro.iaf import (IAF, IAFStep, LinearIAFStep, diagonal_kl_floor, fit_reverse_kl, flow_jacobian,
-                           gaussian_kl, iaf_log_q, linear_iaf_covariance, make_figures)
+from iaf_repro.density import FlowChain, autograd_log_det, log_normal_diag, log_standard_normal
+from iaf_repro.iaf import (IAF, IAFStep, LinearIAFStep, diagonal_kl_floor, fit_funnel, fit_linear_iaf, flow_jacobian,
+                           funnel_log_prob, gaussian_kl, iaf_log_q, linear_iaf_covariance, location_only_kl_floor,
+                           make_figures)
 
 F64 = torch.float64
 
@@ -80,15 +81,16 @@ def test_step_inverse_recovers_z_for_arbitrary_parameters(cfg, reverse, B, seed)
 
 
 @given(D=st.integers(2, 8), seed=st.integers(0, 2**16))
-def test_order_reversal_makes_the_two_step_jacobian_dense(D, seed):
+def test_two_step_jacobian_is_dense_with_order_reversal_and_triangular_without(D, seed):
+    "Autograd Jacobians of the composite two-step maps: reversed order fills every entry, same order leaves the upper triangle 0."
     torch.manual_seed(seed)
     flow = IAF(D, depth=2, hidden_sizes=[3 * D, 3 * D]).double()
     first, second = flow.layers[0], IAFStep(D, hidden_sizes=[3 * D, 3 * D]).double()
     z = torch.randn(D, dtype=F64)
-    assert (flow_jacobian(flow, z) != 0).all()
-    z_1 = first(z[None])[0][0]
-    composite = flow_jacobian(second, z_1) @ flow_jacobian(first, z)
-    assert (torch.triu(composite, 1) == 0).all()                            # same order: still triangular
+    assert (flow_jacobian(flow, z) != 0).all()                              # reversed: dense
+    same_order = flow_jacobian(FlowChain(first, second), z)                 # autograd through the composite map
+    assert (torch.triu(same_order, 1) == 0).all()                           # same order: still triangular
+    assert (torch.tril(same_order) != 0).all()                              # ... with every permitted entry used
 
 
 @given(cfg=step_configs(), depth=st.integers(1, 4), B=st.integers(1, 4), seed=st.integers(0, 2**16))
@@ -132,7 +134,10 @@ def test_extreme_inputs_and_huge_weights_give_finite_outputs(learned_sigma):
     z, h = 1e3 * torch.randn(16, 8), 1e3 * torch.randn(16, 3)
     z_T, log_det = flow(z, h)
     assert torch.isfinite(z_T).all() and torch.isfinite(log_det).all()
-    assert (log_det <= 0).all()                                             # sigma in (0, 1): log-det bounded above
+    if learned_sigma:
+        assert (log_det <= 0).all() and (log_det < 0).any()                 # sigma in (0, 1): log-det bounded above
+    else:
+        assert (log_det == 0).all()                                         # constant sigma: volume preserving, exactly
 
 
 def test_bad_input_is_rejected_clearly():
@@ -158,6 +163,17 @@ def test_bad_input_is_rejected_clearly():
         iaf_log_q(z, torch.zeros(4, 3), torch.zeros(4, 1))
     with pytest.raises(ValueError, match="expected 3"):
         LinearIAFStep(3)(torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="h has batch 5"):
+        LinearIAFStep(3)(z, torch.zeros(5, 2))
+    with pytest.raises(ValueError, match="x has dim 3, expected 2"):
+        funnel_log_prob(z)
+
+
+def test_linear_step_accepts_and_ignores_a_context():
+    step = randomize_(LinearIAFStep(3).double(), 1.0, 0)
+    z, h = torch.randn(4, 3, dtype=F64), torch.randn(4, 7, dtype=F64)
+    for with_h, without_h in zip(step(z, h), step(z)):
+        assert torch.equal(with_h, without_h)
 
 
 @given(D=st.integers(1, 6), seed=st.integers(0, 2**16))
@@ -192,9 +208,9 @@ def test_gaussian_kl_and_the_diagonal_floor(D, seed):
     A, B = torch.randn(D, D, generator=g, dtype=F64), torch.randn(D, D, generator=g, dtype=F64)
     cov_p, cov_q = A @ A.T + 0.5 * torch.eye(D, dtype=F64), B @ B.T + 0.5 * torch.eye(D, dtype=F64)
     mean_p, mean_q = torch.randn(D, generator=g, dtype=F64), torch.randn(D, generator=g, dtype=F64)
-    mvn = torch.distributions.MultivariateNormal
-    torch.testing.assert_close(gaussian_kl(mean_q, cov_q, mean_p, cov_p),
-                               torch.distributions.kl_divergence(mvn(mean_q, cov_q), mvn(mean_p, cov_p)))
+    precision, diff = torch.linalg.inv(cov_p), mean_q - mean_p                # Eq. 13, written out
+    eq_13 = 0.5 * (torch.trace(precision @ cov_q) + diff @ precision @ diff - D + torch.logdet(cov_p) - torch.logdet(cov_q))
+    torch.testing.assert_close(gaussian_kl(mean_q, cov_q, mean_p, cov_p), eq_13)
     best_diag = torch.diag(1 / torch.linalg.inv(cov_p).diagonal())           # v_i = 1 / Lambda_ii
     floor = diagonal_kl_floor(cov_p)
     assert abs(gaussian_kl(mean_p, best_diag, mean_p, cov_p).item() - floor) < 1e-10
@@ -205,14 +221,37 @@ def test_gaussian_kl_and_the_diagonal_floor(D, seed):
 def test_linear_iaf_reaches_zero_kl_where_the_diagonal_stalls_at_its_floor():
     mean_p, cov_p = torch.tensor([1.0, -1.0]), torch.tensor([[2.0, 1.2], [1.2, 1.0]])
     floor = diagonal_kl_floor(cov_p)
-    kl_diag, *_ = fit_reverse_kl(mean_p, cov_p, linear_iaf=False, seed=1)
-    kl_iaf, _, cov_q = fit_reverse_kl(mean_p, cov_p, linear_iaf=True, seed=1)
+    state = torch.get_rng_state()
+    kl_diag, *_ = fit_linear_iaf(mean_p, cov_p, linear_iaf=False, seed=1)
+    kl_iaf, _, cov_q = fit_linear_iaf(mean_p, cov_p, linear_iaf=True, seed=1)
+    assert torch.equal(torch.get_rng_state(), state)                        # own generator: global RNG untouched
     assert abs(kl_diag[-1] - floor) < 0.005
     assert kl_iaf[-1] < 0.002
     torch.testing.assert_close(cov_q, cov_p, rtol=0, atol=0.1)
+    assert fit_linear_iaf(mean_p, cov_p, n_steps=5, seed=3)[0] == fit_linear_iaf(mean_p, cov_p, n_steps=5, seed=3)[0]
+
+
+@given(c=st.floats(0.0, 3.0), seed=st.integers(0, 2**16))
+def test_funnel_log_prob_is_the_two_gaussian_factors(c, seed):
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    normal = torch.distributions.Normal
+    expected = normal(0.0, 1.0).log_prob(x[:, 0]) + normal(0.0, (c * x[:, 0] / 2).exp()).log_prob(x[:, 1])
+    torch.testing.assert_close(funnel_log_prob(x, c), expected)
+
+
+def test_constant_sigma_stalls_at_the_location_only_floor_where_learned_sigma_does_not():
+    state = torch.get_rng_state()
+    _, kl_learned, _, x_learned = fit_funnel(True, seed=1)
+    _, kl_constant, se_constant, x_constant = fit_funnel(False, seed=1)
+    assert torch.equal(torch.get_rng_state(), state)
+    floor = location_only_kl_floor(2.0)
+    assert floor - 4 * se_constant < kl_constant < floor + 0.05
+    assert kl_learned < 0.2 * floor
+    width = lambda x, x1: x[(x[:, 0] - x1).abs() < 0.25, 1].std().item()    # spread of x_2 near a given x_1
+    assert 0.8 < width(x_constant, 1.0) / width(x_constant, -1.0) < 1.25 < 3 < width(x_learned, 1.0) / width(x_learned, -1.0)
 
 
 def test_make_figures_quick(tmp_path):
     paths = make_figures(tmp_path, quick=True)
-    assert [p.name for p in paths] == ["iaf_jacobians.png", "iaf_linear_covariance.png"]
+    assert [p.name for p in paths] == ["iaf_jacobians.png", "iaf_linear_covariance.png", "iaf_learned_vs_constant_sigma.png"]
     assert all(p.stat().st_size > 10_000 for p in paths)

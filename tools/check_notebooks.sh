@@ -7,6 +7,8 @@ scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 cp -r "$root/settings.ini" "$root/nbs" "$scratch/"
 mkdir "$scratch/iaf_repro"
+# __init__.py is the one hand-written file (package-root re-exports); nbdev rewrites only its version line.
+cp "$root/iaf_repro/__init__.py" "$scratch/iaf_repro/"
 cd "$scratch"
 nbdev_export
 nbdev_clean
