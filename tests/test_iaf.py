@@ -44,7 +44,9 @@ def test_step_log_det_matches_autograd(cfg, reverse, B, seed, scale):
     z, h = batch(cfg, B, seed)
     z_new, log_det = step(z, h)
     assert z_new.shape == (B, cfg["D"]) and log_det.shape == (B,)
-    torch.testing.assert_close(log_det, autograd_log_det(step, z, h), rtol=1e-9, atol=1e-9)
+    # rtol 1e-7: with raw weights of scale 1, sigma can be ~1e-6, and slogdet's pivoted LU of that triangular
+    # Jacobian loses relative precision (seen: 2e-8); a wrong formula would be off by O(1)
+    torch.testing.assert_close(log_det, autograd_log_det(step, z, h), rtol=1e-7, atol=1e-9)
     if not cfg["learned_sigma"]:
         assert (log_det == 0).all()
 
@@ -90,7 +92,8 @@ def test_two_step_jacobian_is_dense_with_order_reversal_and_triangular_without(D
     assert (flow_jacobian(flow, z) != 0).all()                              # reversed: dense
     same_order = flow_jacobian(FlowChain(first, second), z)                 # autograd through the composite map
     assert (torch.triu(same_order, 1) == 0).all()                           # same order: still triangular
-    assert (torch.tril(same_order) != 0).all()                              # ... with every permitted entry used
+    permitted = torch.tril(torch.ones(D, D, dtype=torch.bool))
+    assert (same_order[permitted] != 0).all()                               # ... with every permitted entry used
 
 
 @given(cfg=step_configs(), depth=st.integers(1, 4), B=st.integers(1, 4), seed=st.integers(0, 2**16))
