@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['CHAPTERS', 'render_figures', 'render_readme', 'main']
 
-# %% ../nbs/99_cli.ipynb #01ee7482
+# %% ../nbs/99_cli.ipynb #64908a70
 import argparse
 import importlib
 import json
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-# %% ../nbs/99_cli.ipynb #e707d692
+# %% ../nbs/99_cli.ipynb #e3e53aa0
 CHAPTERS = {                      # chapter name -> the module that draws its figures, in reading order
     "change_of_variables": "iaf_repro.density",
     "elbo": "iaf_repro.elbo",
@@ -38,7 +38,7 @@ def _check_chapters(names: list[str] | None) -> list[str]:
     if unknown: raise ValueError(f"unknown chapter(s) {unknown}; valid names: {', '.join(CHAPTERS)}")
     return [n for n in CHAPTERS if n in names]
 
-# %% ../nbs/99_cli.ipynb #81e7223c
+# %% ../nbs/99_cli.ipynb #fea7d33e
 def render_figures(names: list[str] | None = None, out_dir: Path = Path("figures"), quick: bool = False) -> dict[str, list[Path]]:
     "Run each chapter's `make_figures` into `out_dir`; return the paths written, by chapter, and print timings."
     written = {}
@@ -49,7 +49,7 @@ def render_figures(names: list[str] | None = None, out_dir: Path = Path("figures
         print(f"{name:>20}: {time.perf_counter() - start:6.1f} s  " + ", ".join(p.name for p in written[name]))
     return written
 
-# %% ../nbs/99_cli.ipynb #c621061b
+# %% ../nbs/99_cli.ipynb #4f43a952
 def _directives(source: str) -> set[str]:
     "The nbdev directives (`#| hide`, `#| echo: false`, ...) at the top of a code cell."
     return {line[3:].strip() for line in source.splitlines() if line.startswith("#| ")}
@@ -83,7 +83,7 @@ def render_readme(index_nb: Path = Path("nbs/index.ipynb")) -> str:
     blocks = [_cell_markdown(c) for c in cells]
     return _rebase_links("\n\n".join(b.strip("\n") for b in blocks if b.strip()) + "\n", Path(index_nb).parent.name)
 
-# %% ../nbs/99_cli.ipynb #9b653827
+# %% ../nbs/99_cli.ipynb #d5cb6133
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="iaf-repro", description="Regenerate the figures and tables of iaf-repro.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.index.exists(): raise FileNotFoundError(f"{args.index} not found: run from the repository root")
             args.out.write_text(render_readme(args.index))
             print(f"wrote {args.out}")
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as e:   # incl. CheckpointError, NonFiniteLossError
         print(f"iaf-repro: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -7,7 +7,7 @@ __all__ = ['DATA_ENV', 'FILES', 'KINDS', 'EVAL_BINARIZATION_SEED', 'DataFile', '
            'verified_file', 'read_idx', 'BinarizedMNIST', 'evenly_spaced', 'load_mnist', 'plot_binarizations',
            'make_figures']
 
-# %% ../nbs/05_data.ipynb #68966ab2
+# %% ../nbs/05_data.ipynb #cefaf2f3
 import gzip
 import hashlib
 import os
@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-# %% ../nbs/05_data.ipynb #b09c1410
+# %% ../nbs/05_data.ipynb #7c98a0f0
 DATA_ENV = "IAF_REPRO_DATA"
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ FILES = {
     "grey_test_labels": _grey("t10k-labels-idx1-ubyte.gz", "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
 }
 
-# %% ../nbs/05_data.ipynb #a332f2f7
+# %% ../nbs/05_data.ipynb #cd0cc058
 def data_root(root: Path | str | None = None) -> Path:
     "The data folder: `root` if given, else `$IAF_REPRO_DATA`, else `~/.cache/iaf_repro`."
     return Path(root or os.environ.get(DATA_ENV) or Path.home() / ".cache" / "iaf_repro")
@@ -96,7 +96,7 @@ def _download(file: DataFile, path: Path) -> Path:
     raise DataError(f"{path} not found, and downloading it failed ({'; '.join(errors)}); "
                     f"set {DATA_ENV} to a folder that holds it (in this project's CI: ../shared/data).")
 
-# %% ../nbs/05_data.ipynb #79b9738e
+# %% ../nbs/05_data.ipynb #03b0eb9a
 def read_idx(path: Path) -> np.ndarray:
     "Decode a gzipped IDX file (MNIST's format) into a uint8 array."
     with gzip.open(path, "rb") as f: raw = f.read()
@@ -119,7 +119,7 @@ def _grey_arrays(root, download) -> tuple[np.ndarray, np.ndarray]:
     test = read_idx(verified_file(FILES["grey_test_images"], root, download)).reshape(-1, 784)
     return train, test
 
-# %% ../nbs/05_data.ipynb #8b839900
+# %% ../nbs/05_data.ipynb #8caacf02
 @dataclass
 class BinarizedMNIST:
     "Binary MNIST splits as `[N, 1, 28, 28]` float tensors; dynamic: `train` holds grey levels, resampled per batch."
@@ -134,6 +134,9 @@ class BinarizedMNIST:
             x = getattr(self, split)
             if x.ndim != 4 or x.shape[1:] != (1, 28, 28):
                 raise ValueError(f"{split} must have shape [N, 1, 28, 28], got {tuple(x.shape)}")
+            grey = self.dynamic and split == "train"           # grey levels, binarized per batch
+            if not (((x >= 0) & (x <= 1)) if grey else ((x == 0) | (x == 1))).all():  # NaNs fail both tests
+                raise ValueError(f"{split} must hold {'grey levels in [0, 1]' if grey else 'binary 0/1 pixels'} (no NaNs)")
 
     def batches(self, split: str = "train", batch_size: int = 100, shuffle: bool = True,
                 generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
@@ -152,14 +155,14 @@ class BinarizedMNIST:
         "The same data on `device`."
         return replace(self, train=self.train.to(device), valid=self.valid.to(device), test=self.test.to(device))
 
-# %% ../nbs/05_data.ipynb #960f0697
+# %% ../nbs/05_data.ipynb #2ffc36aa
 def evenly_spaced(images: torch.Tensor, n: int | None) -> torch.Tensor:
     "`n` images evenly spaced through `images` (all of them when `n` is None or too large): `[N, ...] -> [n, ...]`."
     if n is None or n >= len(images): return images
     if n < 1: raise ValueError(f"n must be >= 1, got {n}")
     return images[torch.linspace(0, len(images) - 1, n, device=images.device).long()]
 
-# %% ../nbs/05_data.ipynb #b3c75317
+# %% ../nbs/05_data.ipynb #3abe9a26
 KINDS = ("static", "dynamic", "thresholded")
 EVAL_BINARIZATION_SEED = 0   # ours: fixes the one binarization of dynamic MNIST's valid and test images
 
@@ -174,13 +177,13 @@ def load_mnist(kind: str = "static", root: Path | str | None = None, device="cpu
         s = _static_arrays(root, download)
         return BinarizedMNIST(kind, *(_as_images(s[k], device) for k in ("train", "valid", "test")))
     train, test = _grey_arrays(root, download)
-    train, valid, test = (_as_images(a, device) / 255 for a in (train[:50_000], train[50_000:], test))
+    train, valid, test = (_as_images(a, "cpu") / 255 for a in (train[:50_000], train[50_000:], test))
     if kind == "thresholded":
-        return BinarizedMNIST(kind, *((x >= 0.5).float() for x in (train, valid, test)))
-    g = torch.Generator(device=valid.device).manual_seed(EVAL_BINARIZATION_SEED)
-    return BinarizedMNIST(kind, train, torch.bernoulli(valid, generator=g), torch.bernoulli(test, generator=g), dynamic=True)
+        return BinarizedMNIST(kind, *((x >= 0.5).float() for x in (train, valid, test))).to(device)
+    g = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)     # on the CPU: the same images whatever the device
+    return BinarizedMNIST(kind, train, torch.bernoulli(valid, generator=g), torch.bernoulli(test, generator=g), dynamic=True).to(device)
 
-# %% ../nbs/05_data.ipynb #48bd1af2
+# %% ../nbs/05_data.ipynb #36740c1a
 def plot_binarizations(grey_train: torch.Tensor, n: int = 4, seed: int = 0):
     "Grid of `n` digits: the grey level, two dynamic draws, and the thresholded image."
     g = torch.Generator().manual_seed(seed)
@@ -196,7 +199,7 @@ def plot_binarizations(grey_train: torch.Tensor, n: int = 4, seed: int = 0):
     fig.suptitle("Four MNIST digits: grey levels, two dynamic binarizations, thresholding", fontsize=10)
     return fig
 
-# %% ../nbs/05_data.ipynb #ba6d555d
+# %% ../nbs/05_data.ipynb #8d1a58d4
 def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
     "Render this chapter's figure (the three binarizations) into `out_dir`; needs the data folder."
     fig = plot_binarizations(load_mnist("dynamic").train)

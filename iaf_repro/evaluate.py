@@ -6,7 +6,7 @@
 __all__ = ['Evaluation', 'evaluate', 'summarize', 'log_px_by_k', 'bits_per_dim', 'plot_training_curves', 'plot_reconstructions',
            'plot_log_px_by_k', 'make_figures']
 
-# %% ../nbs/08_evaluate.ipynb #714f45c0
+# %% ../nbs/08_evaluate.ipynb #25af5f72
 import math
 import tempfile
 from pathlib import Path
@@ -24,7 +24,7 @@ from .data import evenly_spaced, load_mnist
 from .train import MLPVAE, TrainConfig, bound_terms, demo_data, load_ema_model, model_device, seeded, train
 from .vae import VAEConfig
 
-# %% ../nbs/08_evaluate.ipynb #9e11845c
+# %% ../nbs/08_evaluate.ipynb #7ff4e2e1
 _COLUMNS = ["vlb", "log_px", "gap", "recon", "kl"]
 
 class Evaluation(NamedTuple):
@@ -48,7 +48,7 @@ def _draw_and_score(model: nn.Module, x: torch.Tensor, k: int, chunk: int):
     log_px = importance_sampled_log_px(draw_log_w, k, chunk)
     return log_px, type(drawn[0])(*map(torch.cat, zip(*drawn)))                                    # [k, B] each
 
-# %% ../nbs/08_evaluate.ipynb #27baa041
+# %% ../nbs/08_evaluate.ipynb #4e49ee74
 def evaluate(model: nn.Module, images: torch.Tensor, k: int = 128, batch_size: int = 100, chunk: int = 16,
              seed: int = 0, progress: bool = True) -> Evaluation:
     "Per-image VLB and IS log p(x) from the same `k` samples, their gap, reconstruction and KL, with a summary (Eqs. 1-2)."
@@ -68,7 +68,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, k: int = 128, batch_size: i
     per_image = pd.DataFrame(torch.cat(rows).double().cpu().numpy(), columns=_COLUMNS)
     return Evaluation(per_image, summarize(per_image, k))
 
-# %% ../nbs/08_evaluate.ipynb #14a3db06
+# %% ../nbs/08_evaluate.ipynb #d14c40f6
 def summarize(per_image: pd.DataFrame, k: int) -> dict:
     "Mean and standard error s / sqrt(n) of each per-image column, with n and k: `{'n', 'k', 'vlb', 'vlb_se', ...}` (Eq. 3)."
     n = len(per_image)
@@ -79,7 +79,7 @@ def summarize(per_image: pd.DataFrame, k: int) -> dict:
         summary[f"{column}_se"] = float(per_image[column].std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
     return summary
 
-# %% ../nbs/08_evaluate.ipynb #43a8f6b7
+# %% ../nbs/08_evaluate.ipynb #5a5e1f16
 def log_px_by_k(model: nn.Module, images: torch.Tensor, ks: list[int], batch_size: int = 100, chunk: int = 16,
                 seed: int = 0, progress: bool = True) -> pd.DataFrame:
     "Mean IS log p(x) for each K in `ks` from nested prefixes of one draw per image, and its shortfall from K = max(ks), with standard errors (Eq. 1)."
@@ -96,12 +96,12 @@ def log_px_by_k(model: nn.Module, images: torch.Tensor, ks: list[int], batch_siz
     return pd.DataFrame({"k": ks, "log_px": per_k.mean(1).numpy(), "log_px_se": se(per_k),
                          "shortfall": shortfall.mean(1).numpy(), "shortfall_se": se(shortfall)})
 
-# %% ../nbs/08_evaluate.ipynb #dbb94128
+# %% ../nbs/08_evaluate.ipynb #2f74e056
 def bits_per_dim(log_px_nats, num_dims: int):
     "Convert log p(x) in nats per image to bits per dimension, -log p(x) / (D ln 2)."
     return -log_px_nats / (_positive_int(num_dims, "num_dims") * math.log(2))
 
-# %% ../nbs/08_evaluate.ipynb #7ee99dd9
+# %% ../nbs/08_evaluate.ipynb #c03375f2
 def _metrics(run) -> pd.DataFrame:
     "A run's metrics: a frame as is, or `metrics.csv` read from a run folder or a CSV path."
     if isinstance(run, pd.DataFrame): return run
@@ -124,7 +124,7 @@ def plot_training_curves(runs: dict, title: str = "Training curves: the two term
     fig.suptitle(title)
     return fig
 
-# %% ../nbs/08_evaluate.ipynb #3a27fb9d
+# %% ../nbs/08_evaluate.ipynb #dfa82a15
 def plot_reconstructions(models, images: torch.Tensor, n: int = 8, seed: int = 0,
                          title: str = "Test images, reconstructions and per-pixel errors"):
     "Originals, Bernoulli-mean reconstructions and |x - x_hat| maps of `n` images evenly spaced through `images [N, 1, H, W]`, for one model or a dict name -> model."
@@ -148,7 +148,7 @@ def plot_reconstructions(models, images: torch.Tensor, n: int = 8, seed: int = 0
     fig.suptitle(title)
     return fig
 
-# %% ../nbs/08_evaluate.ipynb #258c4e4c
+# %% ../nbs/08_evaluate.ipynb #fec83d5e
 def plot_log_px_by_k(curves: dict):
     "Mean IS log p(x) against K (left) and its shortfall from the largest K (right, paired +- 2 s.e.); `curves`: name -> `log_px_by_k` frame."
     fig, (ax, ax_short) = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
@@ -167,7 +167,7 @@ def plot_log_px_by_k(curves: dict):
     ax_short.set_yscale("symlog", linthresh=0.1)
     return fig
 
-# %% ../nbs/08_evaluate.ipynb #0d0ab552
+# %% ../nbs/08_evaluate.ipynb #fd4cc424
 def _save(fig, path: Path) -> Path:
     "Save a figure as PNG (dpi 130) and close it."
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ __all__ = ['ENERGIES', 'FIT_COLUMNS', 'planar_u_hat', 'PlanarFlow', 'radial_alph
            'U2', 'U3', 'U4', 'log_partition', 'annealed_beta', 'sample_flow', 'fit_reverse_kl', 'reverse_kl',
            'flow_log_density', 'make_flow', 'plot_density', 'plot_energy_fits', 'fit_energy_grid', 'make_figures']
 
-# %% ../nbs/02_planar_radial.ipynb #f944012d
+# %% ../nbs/02_planar_radial.ipynb #58b7ffd0
 import copy
 import csv
 import math
@@ -25,23 +25,25 @@ from tqdm.auto import tqdm
 
 from .density import FlowChain, check_batch, check_context, flow_log_prob, log_standard_normal
 
-# %% ../nbs/02_planar_radial.ipynb #a350ee67
+# %% ../nbs/02_planar_radial.ipynb #3f5b7f76
 def _check_unused_context(h: torch.Tensor | None, batch: int) -> None:
     "Accept and ignore a context `h` (a chain passes it to every layer), but reject a malformed one."
     if h is not None: check_context(h, batch, check_batch(h, name="h")[1])
 
-# %% ../nbs/02_planar_radial.ipynb #a6f8d76d
-def planar_u_hat(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    "û = u + (m(wᵀu) - wᵀu) w/‖w‖², m(a) = -1 + softplus(a), so that wᵀû > -1: `[D], [D] -> [D]` (Eq. 5)."
+# %% ../nbs/02_planar_radial.ipynb #d2beedf1
+def planar_u_hat(u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    "û = u + (m(wᵀu) - wᵀu) w/‖w‖², m(a) = -1 + softplus(a), and the margin 1 + wᵀû = softplus(wᵀu) > 0: `[D], [D] -> (û [D], margin [])` (Eq. 5)."
     w_dot_u = w @ u
+    margin = F.softplus(w_dot_u)                               # 1 + m(wᵀu), without forming m: no cancellation
     w_norm_sq = (w @ w).clamp_min(torch.finfo(w.dtype).tiny)    # ‖w‖ SQUARED; w = 0 gives û = u
-    return u + (-1 + F.softplus(w_dot_u) - w_dot_u) * w / w_norm_sq
+    return u + (margin - 1 - w_dot_u) * w / w_norm_sq, margin
 
-# %% ../nbs/02_planar_radial.ipynb #26b483b4
+# %% ../nbs/02_planar_radial.ipynb #5fcab338
 class PlanarFlow(nn.Module):
     "Planar flow f(z) = z + û tanh(wᵀz + b): `z: [B, D] -> (z_new [B, D], log_det [B])` (Eqs. 1, 3, 5)."
     def __init__(self, dim: int):
         super().__init__()
+        if dim < 1: raise ValueError(f"a planar layer needs dim >= 1, got {dim}")
         self.dim = dim
         self.u = nn.Parameter(torch.randn(dim) / math.sqrt(dim))
         self.w = nn.Parameter(torch.randn(dim) / math.sqrt(dim))
@@ -50,19 +52,20 @@ class PlanarFlow(nn.Module):
     def forward(self, z: torch.Tensor, h: torch.Tensor | None = None):
         B, _ = check_batch(z, self.dim)
         _check_unused_context(h, B)
-        u_hat = planar_u_hat(self.u, self.w)                   # [D]
-        act = torch.tanh(z @ self.w + self.b)                  # tanh(wᵀz + b): [B]
-        u_dot_psi = (1 - act**2) * (self.w @ u_hat)            # ûᵀψ(z) = tanh'(wᵀz + b) wᵀû: [B]
-        return z + act[:, None] * u_hat, torch.log1p(u_dot_psi)   # 1 + ûᵀψ > 0 by Eq. 4: no |·| needed
+        u_hat, margin = planar_u_hat(self.u, self.w)           # û [D], margin 1 + wᵀû = softplus(wᵀu) []
+        t = torch.tanh(z @ self.w + self.b)                    # tanh(wᵀz + b): [B]
+        log_det = torch.log(t**2 + (1 - t**2) * margin)        # log(1 + ûᵀψ), positive by construction
+        return z + t[:, None] * u_hat, log_det
 
-# %% ../nbs/02_planar_radial.ipynb #4ba34649
+# %% ../nbs/02_planar_radial.ipynb #78a070e0
 @patch
 @torch.no_grad()
-def inverse(self: PlanarFlow, y: torch.Tensor, n_iter: int = 64) -> torch.Tensor:
-    "Invert the planar map by bisection on the 1-D monotone equation t = s + wᵀû tanh(s): `[B, D] -> [B, D]` (Eq. 4)."
-    check_batch(y, self.dim, "y")
-    u_hat = planar_u_hat(self.u, self.w)
-    c, t = self.w @ u_hat, y @ self.w + self.b                 # [], [B]
+def inverse(self: PlanarFlow, y: torch.Tensor, h: torch.Tensor | None = None, n_iter: int = 64) -> torch.Tensor:
+    "Invert the planar map by bisection on the 1-D monotone equation t = s + wᵀû tanh(s); `h` is ignored: `[B, D] -> [B, D]` (Eq. 4)."
+    B, _ = check_batch(y, self.dim, "y")
+    _check_unused_context(h, B)
+    u_hat, margin = planar_u_hat(self.u, self.w)
+    c, t = margin - 1, y @ self.w + self.b                     # wᵀû = m(wᵀu) [], t [B]
     lo, hi = t - c.abs(), t + c.abs()                          # the root s lies in this bracket
     for _ in range(n_iter):
         mid = (lo + hi) / 2
@@ -70,16 +73,17 @@ def inverse(self: PlanarFlow, y: torch.Tensor, n_iter: int = 64) -> torch.Tensor
         lo, hi = torch.where(above, lo, mid), torch.where(above, mid, hi)
     return y - torch.tanh((lo + hi) / 2)[:, None] * u_hat
 
-# %% ../nbs/02_planar_radial.ipynb #2285eebe
+# %% ../nbs/02_planar_radial.ipynb #c6b080ed
 def radial_alpha_beta(alpha_raw: torch.Tensor, beta_raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    "α = softplus(α̃) > 0 and β = -α + softplus(β̃) ≥ -α from unconstrained parameters (Eq. 9)."
-    alpha = F.softplus(alpha_raw)
+    "α = softplus(α̃) + 10⁻⁶ > 0 and β = -α + softplus(β̃) ≥ -α from unconstrained parameters (Eq. 9)."
+    alpha = F.softplus(alpha_raw) + 1e-6                       # α_min = 1e-6: softplus alone underflows to 0
     return alpha, -alpha + F.softplus(beta_raw)
 
 class RadialFlow(nn.Module):
     "Radial flow f(z) = z + β (z - z0)/(α + r), r = ‖z - z0‖: `z: [B, D] -> (z_new [B, D], log_det [B])` (Eqs. 6, 8, 9)."
     def __init__(self, dim: int):
         super().__init__()
+        if dim < 1: raise ValueError(f"a radial layer needs dim >= 1, got {dim}")
         self.dim = dim
         self.z0 = nn.Parameter(torch.randn(dim))
         self.alpha_raw = nn.Parameter(torch.zeros(()))
@@ -95,12 +99,13 @@ class RadialFlow(nn.Module):
         log_det = (D - 1) * torch.log1p(beta_eta) + torch.log1p(beta_eta * alpha / (alpha + r))   # Eq. 8, 2nd factor as 1 + αβη²
         return z + beta_eta[:, None] * diff, log_det
 
-# %% ../nbs/02_planar_radial.ipynb #8422a8b3
+# %% ../nbs/02_planar_radial.ipynb #cce27cd9
 @patch
 @torch.no_grad()
-def inverse(self: RadialFlow, y: torch.Tensor) -> torch.Tensor:
-    "Invert the radial map in closed form via the quadratic for r: `[B, D] -> [B, D]` (Eq. 10)."
-    check_batch(y, self.dim, "y")
+def inverse(self: RadialFlow, y: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
+    "Invert the radial map in closed form via the quadratic for r; `h` is ignored: `[B, D] -> [B, D]` (Eq. 10)."
+    B, _ = check_batch(y, self.dim, "y")
+    _check_unused_context(h, B)
     alpha, beta = radial_alpha_beta(self.alpha_raw, self.beta_raw)
     r_new = (y - self.z0).norm(dim=1)                          # r' [B]
     q = alpha + beta - r_new
@@ -108,7 +113,7 @@ def inverse(self: RadialFlow, y: torch.Tensor) -> torch.Tensor:
     r = torch.where(q > 0, 2 * alpha * r_new / (q + root), (root - q) / 2)
     return self.z0 + (y - self.z0) / (1 + beta / (alpha + r))[:, None]
 
-# %% ../nbs/02_planar_radial.ipynb #49b09f82
+# %% ../nbs/02_planar_radial.ipynb #680d9ec7
 class AdditiveCoupling(nn.Module):
     "NICE additive coupling (z_a, z_b) -> (z_a, z_b + m(z_a)), log-det 0: `z: [B, D] -> (z_new [B, D], log_det [B])` (Eq. 11)."
     def __init__(self, dim: int, hidden: int = 64, flip: bool = False):
@@ -131,13 +136,14 @@ class AdditiveCoupling(nn.Module):
         return self._merge(z_a, z_b + self.m(z_a)), z.new_zeros(B)
 
     @torch.no_grad()
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        "Exact inverse z_b = y_b - m(y_a): `[B, D] -> [B, D]` (Eq. 11)."
-        check_batch(y, self.dim, "y")
+    def inverse(self, y: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
+        "Exact inverse z_b = y_b - m(y_a); `h` is ignored: `[B, D] -> [B, D]` (Eq. 11)."
+        B, _ = check_batch(y, self.dim, "y")
+        _check_unused_context(h, B)
         y_a, y_b = self._split(y)
         return self._merge(y_a, y_b - self.m(y_a))
 
-# %% ../nbs/02_planar_radial.ipynb #45b0ac83
+# %% ../nbs/02_planar_radial.ipynb #cebe3835
 def _w1(z): return torch.sin(math.pi * z[:, 0] / 2)
 def _w2(z): return 3 * torch.exp(-0.5 * ((z[:, 0] - 1) / 0.6) ** 2)
 def _w3(z): return 3 * torch.sigmoid((z[:, 0] - 1) / 0.3)
@@ -167,17 +173,18 @@ def U4(z: torch.Tensor) -> torch.Tensor:
 
 ENERGIES = {"U1": U1, "U2": U2, "U3": U3, "U4": U4}
 
-# %% ../nbs/02_planar_radial.ipynb #e7f6ce98
+# %% ../nbs/02_planar_radial.ipynb #d79617ba
 def log_partition(energy, half_width: float = 7.0, n: int = 1401) -> float:
     "log Z = log ∫ exp(-U(z)) dz by a Riemann sum on an n×n grid over [-half_width, half_width]²."
     axis = torch.linspace(-half_width, half_width, n, dtype=torch.float64)
     grid = torch.cartesian_prod(axis, axis)                    # [n*n, 2]
     return (torch.logsumexp(-energy(grid), 0) + 2 * torch.log(axis[1] - axis[0])).item()
 
-# %% ../nbs/02_planar_radial.ipynb #0b9df404
+# %% ../nbs/02_planar_radial.ipynb #5493195b
 def annealed_beta(t: int, n_warmup: int) -> float:
-    "Inverse temperature β_t = min(1, 0.01 + t/n_warmup) for the energy term (Eq. 14)."
-    return min(1.0, 0.01 + t / n_warmup)
+    "Inverse temperature β_t = min(1, 0.01 + t/n_warmup) for the energy term; n_warmup = 0 means no warm-up, β = 1 (Eq. 14)."
+    if n_warmup < 0: raise ValueError(f"n_warmup must be >= 0, got {n_warmup}")
+    return 1.0 if n_warmup == 0 else min(1.0, 0.01 + t / n_warmup)
 
 def sample_flow(flow: nn.Module, n: int, dim: int = 2, generator: torch.Generator | None = None):
     "Draw z0 ~ N(0, I), push it through `flow`: `-> (z_K [n, dim], log q_K(z_K) [n])` (Eq. 5 of chapter 00)."
@@ -186,7 +193,7 @@ def sample_flow(flow: nn.Module, n: int, dim: int = 2, generator: torch.Generato
     z_K, log_det = flow(z0)
     return z_K, flow_log_prob(log_standard_normal(z0), log_det)
 
-# %% ../nbs/02_planar_radial.ipynb #adb04f9a
+# %% ../nbs/02_planar_radial.ipynb #3077b36e
 @contextmanager
 def _num_threads(n: int | None):
     "Run a block with `n` intra-op threads (None: leave as is), restoring the previous number afterwards."
@@ -198,7 +205,7 @@ def _num_threads(n: int | None):
 def fit_reverse_kl(flow: nn.Module, energy, n_iter: int = 2500, batch: int = 256, lr: float = 1e-2, n_warmup: int | None = None,
                    dim: int = 2, seed: int = 0, progress: bool = True, num_threads: int | None = 1) -> list[float]:
     "Minimize the annealed reverse-KL loss E[log q_K(z_K) + β_t U(z_K)] with Adam; return the loss at β = 1 per step (Eqs. 13-14)."
-    n_warmup = n_warmup or max(1, n_iter // 4)
+    n_warmup = n_iter // 4 if n_warmup is None else n_warmup
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(flow.parameters(), lr=lr)
     history = []
@@ -218,13 +225,13 @@ def reverse_kl(flow: nn.Module, energy, log_Z: float = 0.0, n: int = 100_000, di
     terms = (log_q + energy(z_K)).double() + log_Z
     return terms.mean().item(), (terms.std() / math.sqrt(n)).item()
 
-# %% ../nbs/02_planar_radial.ipynb #f9357631
+# %% ../nbs/02_planar_radial.ipynb #a636d7b3
 @torch.no_grad()
-def flow_log_density(flow: FlowChain, z: torch.Tensor) -> torch.Tensor:
-    "Exact log q_K(z) at given points, by inverting each layer, then re-running the chain: `[N, D] -> [N]` (Eq. 5 of chapter 00)."
+def flow_log_density(flow: FlowChain, z: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
+    "Exact log q_K(z | h) at given points, by inverting each layer, then re-running the chain: `[N, D] -> [N]` (Eq. 5 of chapter 00)."
     z0 = z
-    for layer in reversed(flow.layers): z0 = layer.inverse(z0)
-    return flow_log_prob(log_standard_normal(z0), flow(z0)[1])
+    for layer in reversed(flow.layers): z0 = layer.inverse(z0, h)
+    return flow_log_prob(log_standard_normal(z0), flow(z0, h)[1])
 
 def make_flow(kind: str, K: int, dim: int = 2) -> FlowChain:
     "A chain of `K` planar or radial layers in `dim` dimensions."
@@ -232,7 +239,7 @@ def make_flow(kind: str, K: int, dim: int = 2) -> FlowChain:
     if kind not in layers: raise ValueError(f"unknown flow kind {kind!r}; use one of {list(layers)}")
     return FlowChain(*[layers[kind](dim) for _ in range(K)])
 
-# %% ../nbs/02_planar_radial.ipynb #01be2e72
+# %% ../nbs/02_planar_radial.ipynb #5eb7b6a7
 def _grid(half_width: float, n: int) -> torch.Tensor:
     axis = torch.linspace(-half_width, half_width, n, dtype=torch.float64)
     z2, z1 = torch.meshgrid(axis, axis, indexing="ij")          # rows = z2, columns = z1
@@ -245,11 +252,11 @@ def plot_density(ax, log_density, title: str = "", half_width: float = 4.0, n: i
     ax.set_title(title, fontsize=9); ax.set_xticks([]); ax.set_yticks([])
     return image
 
-# %% ../nbs/02_planar_radial.ipynb #4ea433d2
+# %% ../nbs/02_planar_radial.ipynb #8870ce7c
 FIT_COLUMNS = (("planar", 2), ("planar", 8), ("planar", 32), ("radial", 32))   # R&M Fig. 3 plus a radial column
 
 def plot_energy_fits(flows: dict, kls: dict, log_Z: dict, n: int = 200):
-    "Grid figure: rows U1-U4, columns true density | one fit per `FIT_COLUMNS` entry, KL in each title (R&M Fig. 3)."
+    "Grid figure: rows U1-U4, columns true density | one fit per `FIT_COLUMNS` entry, KL in each panel, colour capped at the target's max (R&M Fig. 3)."
     fig, axes = plt.subplots(len(ENERGIES), 1 + len(FIT_COLUMNS), figsize=(2.2 * (1 + len(FIT_COLUMNS)) + 0.6, 2.2 * len(ENERGIES)))
     for row, (name, energy) in zip(axes, ENERGIES.items()):
         true = lambda z: -energy(z) - log_Z[name]
@@ -260,14 +267,15 @@ def plot_energy_fits(flows: dict, kls: dict, log_Z: dict, n: int = 200):
             flow = copy.deepcopy(flows[name, kind, K]).double()   # float64 for the inverses
             plot_density(ax, lambda z: flow_log_density(flow, z), f"{kind} K={K}" if name == "U1" else "", n=n, vmax=vmax)
             ax.text(0.03, 0.04, f"KL {kls[name, kind, K]:.2f} nats", transform=ax.transAxes, color="white", fontsize=8)
-        fig.colorbar(image, ax=row.tolist(), fraction=0.015, pad=0.01, label="density")
-    for ax in axes[-1]: ax.set_xlabel("$z_1$")
+        fig.colorbar(image, ax=row.tolist(), fraction=0.015, pad=0.01, extend="max", label="density")   # fits may exceed vmax
+        row[0].set_yticks([-4, 0, 4])
+    for ax in axes[-1]: ax.set_xlabel("$z_1$"); ax.set_xticks([-4, 0, 4])
     fig.suptitle("Reverse-KL fits of planar and radial flows to R&M's energies on $[-4, 4]^2$ (cf. R&M Fig. 3)", y=0.995)
     return fig
 
-# %% ../nbs/02_planar_radial.ipynb #057de9d3
+# %% ../nbs/02_planar_radial.ipynb #4ced5228
 def fit_energy_grid(n_iter: int = 2500, batch: int = 256, lr: float = 1e-2, seed: int = 0, n_kl: int = 100_000, progress: bool = True):
-    "Fit every (energy, flow) cell of the figure; return `(flows, rows)`, rows being the KL table with provenance."
+    "Fit every (energy, flow) cell of the figure; return `(flows, rows)`, rows being the KL table with provenance and, for planar flows, the smallest margin 1 + wᵀû over the layers."
     flows, rows = {}, []
     log_Z = {name: log_partition(energy) for name, energy in ENERGIES.items()}
     cells = [(name, kind, K) for name in ENERGIES for kind, K in FIT_COLUMNS]
@@ -279,8 +287,10 @@ def fit_energy_grid(n_iter: int = 2500, batch: int = 256, lr: float = 1e-2, seed
         history = fit_reverse_kl(flow, ENERGIES[name], n_iter=n_iter, batch=batch, lr=lr, seed=seed, progress=False)
         wall = time.perf_counter() - start
         kl, se = reverse_kl(flow, ENERGIES[name], log_Z[name], n=n_kl)
+        margins = [planar_u_hat(layer.u, layer.w)[1].item() for layer in flow.layers if isinstance(layer, PlanarFlow)]
         rows.append(dict(energy=name, flow=kind, K=K, kl_nats=round(kl, 4), kl_se_nats=round(se, 4),
                          final_loss_nats=round(float(np.mean(history[-100:])), 4), log_Z=round(log_Z[name], 4),
+                         min_margin=float(f"{min(margins):.3g}") if margins else None,   # closest layer to folding
                          iterations=n_iter, batch=batch, lr=lr, seed=seed, device=str(next(flow.parameters()).device),
                          wall_s=round(wall, 1), torch_version=torch.__version__))
     return flows, rows
