@@ -15,13 +15,6 @@ from iaf_repro.iaf import IAF
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    "Tiny networks: one thread is much faster than two contending ones."
-    with _num_threads(1):
-        yield
-
-
 @st.composite
 def flows(draw, with_context=True):
     "A random float64 IAF (depth, widths, context size C) with a random diagonal Gaussian base: `(flow, base, C)`."

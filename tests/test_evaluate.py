@@ -19,15 +19,6 @@ SETTINGS = settings(max_examples=25, deadline=None)
 F64 = dict(dtype=torch.float64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    "These tiny models run fastest on one thread, and then do not fight other processes for the cores."
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class LinearGaussianVAE(nn.Module):
     "Linear-Gaussian model with q(z|x) = N(posterior mean, diag (scale * marginal std)^2), drawing its k samples row by row."
     def __init__(self, model, scale=2.0):

@@ -20,15 +20,6 @@ F64 = dict(dtype=torch.float64)
 CONFIG = TrainConfig(epochs=2, batch_size=16, ema_decay=0.9, seed=3)        # 4 steps an epoch on 64 images
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    "These tiny models run fastest on one thread, and then do not fight other processes for the cores."
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_data(dynamic=False):
     "64/32/16 synthetic crosses; `dynamic`: training images are grey probabilities, resampled per batch."
     g = torch.Generator().manual_seed(0)
