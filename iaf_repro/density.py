@@ -4,10 +4,15 @@
 
 # %% auto #0
 __all__ = ['LOG_2PI', 'check_batch', 'check_context', 'check_broadcast', 'log_normal_diag', 'log_standard_normal',
-           'plot_change_of_variables_1d', 'autograd_log_det', 'FlowChain', 'flow_log_prob', 'make_figures']
+           'plot_change_of_variables_1d', 'autograd_log_det', 'FlowChain', 'flow_log_prob', 'provenance',
+           'make_figures']
 
-# %% ../nbs/00_change_of_variables.ipynb #a6cda421
+# %% ../nbs/00_change_of_variables.ipynb #9cae4686
 import math
+import os
+import platform
+import subprocess
+import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -15,7 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-# %% ../nbs/00_change_of_variables.ipynb #1d6eb69a
+import iaf_repro
+
+# %% ../nbs/00_change_of_variables.ipynb #4c5485a6
 def check_batch(z: torch.Tensor, dim: int | None = None, name: str = "z") -> tuple[int, int]:
     "Check that `z` is a float batch `[B, D]` (with `D == dim` when given); return `(B, D)`."
     if not isinstance(z, torch.Tensor): raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
@@ -39,7 +46,7 @@ def check_broadcast(t: torch.Tensor, target: torch.Tensor, name: str, target_nam
     except RuntimeError: ok = False
     if not ok: raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to {target_name} of shape {tuple(target.shape)}")
 
-# %% ../nbs/00_change_of_variables.ipynb #f64a1547
+# %% ../nbs/00_change_of_variables.ipynb #86cfc199
 LOG_2PI = math.log(2 * math.pi)
 
 def log_normal_diag(z: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
@@ -54,7 +61,7 @@ def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
     check_batch(z)
     return -0.5 * (z**2 + LOG_2PI).sum(-1)
 
-# %% ../nbs/00_change_of_variables.ipynb #ca5c6016
+# %% ../nbs/00_change_of_variables.ipynb #3a42e0f6
 def _cubic(x): return x**3 / 3 + x
 
 def _cubic_inverse(y):
@@ -72,7 +79,7 @@ def _cubic_naive_log_density(y):
     "The wrong answer that forgets the Jacobian: log N(H^{-1}(y); 0, 1)."
     return log_standard_normal(_cubic_inverse(y)[:, None])
 
-# %% ../nbs/00_change_of_variables.ipynb #0bb9f88f
+# %% ../nbs/00_change_of_variables.ipynb #2025c2e0
 def plot_change_of_variables_1d(samples, log_density, naive_log_density, xlim=(-4, 4), ax=None):
     "Histogram of pushed-forward `samples` against the change-of-variables density and a naive one."
     ax = ax or plt.subplots(figsize=(6.5, 3.8))[1]
@@ -87,7 +94,7 @@ def plot_change_of_variables_1d(samples, log_density, naive_log_density, xlim=(-
     ax.legend(frameon=False)
     return ax
 
-# %% ../nbs/00_change_of_variables.ipynb #9e1add48
+# %% ../nbs/00_change_of_variables.ipynb #20e2f4c4
 def autograd_log_det(layer, z: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
     "Reference log|det dz_new/dz| for each row of `z`, from the full autograd Jacobian: `[B, D] -> [B]`."
     check_batch(z)
@@ -100,7 +107,7 @@ def autograd_log_det(layer, z: torch.Tensor, h: torch.Tensor | None = None) -> t
         rows.append(torch.linalg.slogdet(jac).logabsdet)
     return torch.stack(rows)
 
-# %% ../nbs/00_change_of_variables.ipynb #df120e13
+# %% ../nbs/00_change_of_variables.ipynb #873a6641
 class FlowChain(nn.Module):
     "Compose flow layers: `(z [B, D], h) -> (z_K [B, D], sum_k log|det df_k/dz_{k-1}| [B])` (R&M Eq. 7)."
     def __init__(self, *layers: nn.Module):
@@ -124,7 +131,22 @@ def flow_log_prob(log_q0: torch.Tensor, log_det: torch.Tensor) -> torch.Tensor:
     "log q_K(z_K) from the base log-density of z_0 and the chain's summed log-det: `[B], [B] -> [B]` (Eq. 5)."
     return log_q0 - log_det
 
-# %% ../nbs/00_change_of_variables.ipynb #dca2c876
+# %% ../nbs/00_change_of_variables.ipynb #834d5714
+def _git(*args) -> str:
+    "Output of a git command run in the package's checkout ('' when git or the checkout is missing)."
+    try: return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=Path(iaf_repro.__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError): return ""
+
+def provenance(device: torch.device | str = "cpu") -> dict:
+    "Where and with what code a result is being made: commit, dirty flag, device, threads, torch and package versions, date."
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores: {platform.processor() or platform.machine()})"
+    return dict(commit=_git("rev-parse", "--short=12", "HEAD") or "unknown",
+                dirty=bool(_git("status", "--porcelain", "--untracked-files=no")),
+                device=name, threads=torch.get_num_threads(), torch=torch.__version__,
+                iaf_repro=iaf_repro.__version__, date=time.strftime("%Y-%m-%d %H:%M:%S"))
+
+# %% ../nbs/00_change_of_variables.ipynb #5d471ebd
 def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
     "Render this chapter's figures into `out_dir` (`quick`: fewer samples, for tests)."
     g = torch.Generator().manual_seed(0)

@@ -4,14 +4,12 @@
 
 # %% auto #0
 __all__ = ['PRESETS', 'TABLES', 'BUDGETS', 'TARGETS', 'TABLE_COLUMNS', 'TABLE_BUDGETS', 'DEFAULT_PRESETS', 'Preset', 'get_preset',
-           'Budget', 'get_budget', 'provenance', 'run_name', 'result_path', 'run', 'published', 'build_table',
-           'table_markdown', 'write_table', 'table_figures', 'reproduce']
+           'Budget', 'get_budget', 'run_name', 'result_path', 'run', 'published', 'build_table', 'table_markdown',
+           'write_table', 'table_figures', 'reproduce']
 
-# %% ../nbs/09_experiments.ipynb #5f5e1920
+# %% ../nbs/09_experiments.ipynb #9e820ed2
 import json
 import os
-import platform
-import subprocess
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -21,13 +19,14 @@ import torch
 
 import iaf_repro
 from .data import BinarizedMNIST, evenly_spaced, load_mnist
+from .density import provenance
 import matplotlib.pyplot as plt
 
 from .evaluate import evaluate, plot_reconstructions, plot_training_curves
 from .train import TrainConfig, load_ema_model, resolve_device, train
 from .vae import VAE, VAEConfig
 
-# %% ../nbs/09_experiments.ipynb #a4cf80cb
+# %% ../nbs/09_experiments.ipynb #cbb416c4
 @dataclass(frozen=True)
 class Preset:
     "One table row: a model on one kind of binarized MNIST."
@@ -59,7 +58,7 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS: raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
     return PRESETS[name]
 
-# %% ../nbs/09_experiments.ipynb #e70b9067
+# %% ../nbs/09_experiments.ipynb #eec7611e
 @dataclass(frozen=True)
 class Budget:
     "How much compute a run gets; never changes the model or the math."
@@ -83,20 +82,7 @@ def get_budget(name: str) -> Budget:
     if name not in BUDGETS: raise ValueError(f"unknown budget {name!r}; valid budgets: {', '.join(BUDGETS)}")
     return BUDGETS[name]
 
-# %% ../nbs/09_experiments.ipynb #777efc7e
-def _git(*args) -> str:
-    try: return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=Path(iaf_repro.__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError): return ""
-
-def provenance(device: torch.device) -> dict:
-    "Where and with what code a result is being made: commit, dirty flag, device, threads, versions."
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores: {platform.processor() or platform.machine()})"
-    return dict(commit=_git("rev-parse", "--short=12", "HEAD") or "unknown",
-                dirty=bool(_git("status", "--porcelain", "--untracked-files=no")),
-                device=name, threads=torch.get_num_threads(), torch=torch.__version__,
-                iaf_repro=iaf_repro.__version__, date=time.strftime("%Y-%m-%d %H:%M:%S"))
-
-# %% ../nbs/09_experiments.ipynb #b2424efe
+# %% ../nbs/09_experiments.ipynb #20b1d393
 def run_name(preset: str, budget: str, seed: int) -> str:
     "The name of a run: `<preset>__<budget>__s<seed>`."
     return f"{preset}__{budget}__s{seed}"
@@ -153,7 +139,7 @@ def run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto",
     evaluation.per_image.to_csv(result_path(results_dir, preset, budget, seed, ".per_image.csv.gz"), index=False, float_format="%.4f")
     return results
 
-# %% ../nbs/09_experiments.ipynb #630374bd
+# %% ../nbs/09_experiments.ipynb #75c4cc36
 TARGETS = Path(iaf_repro.__file__).resolve().parents[1] / "reference" / "targets.csv"   # a copy of shared/reference/targets.csv
 _SOURCES = {("table1", "dynamic"): "paper-T1", ("table1", "static"): "replication-T1",
             ("table2", "static"): "replication-T2", ("table2", "dynamic"): None}
@@ -167,7 +153,7 @@ def published(table: str, mnist: str, row: str, targets: Path = TARGETS) -> dict
     return dict(published_vlb=hit.get("vlb_nats", float("nan")), published_log_px=hit.get("log_px_nats", float("nan")),
                 published_source=source or "")
 
-# %% ../nbs/09_experiments.ipynb #e8158b12
+# %% ../nbs/09_experiments.ipynb #c6569cb1
 TABLE_COLUMNS = ["mnist", "model", "vlb", "vlb_se", "log_px", "log_px_se", "gap", "published_vlb", "published_log_px",
                  "published_source", "budget", "epochs", "best_epoch", "seed", "is_samples", "eval_images", "device", "threads",
                  "train_seconds", "eval_seconds", "trained_commit", "commit", "dirty", "iaf_repro", "torch"]
@@ -191,7 +177,7 @@ def build_table(table: str, results_dir: Path = Path("figures/tables/runs"), see
         rows += [dict(ours, mnist=p.mnist, model=p.label, **published(table, p.mnist, p.row)) for ours in runs]
     return pd.DataFrame(rows).reindex(columns=TABLE_COLUMNS)
 
-# %% ../nbs/09_experiments.ipynb #d2896146
+# %% ../nbs/09_experiments.ipynb #3088ee87
 def _fmt(value, se=None) -> str:
     if pd.isna(value): return "not run" if se is not None else "—"
     return f"{value:.2f} ± {se:.2f}" if se is not None and not pd.isna(se) else f"{value:.2f}"
@@ -225,7 +211,7 @@ def write_table(table: str, results_dir: Path = Path("figures/tables/runs"), out
     (out_dir / f"{table}.md").write_text(table_markdown(df, title))
     return df
 
-# %% ../nbs/09_experiments.ipynb #95dff9da
+# %% ../nbs/09_experiments.ipynb #787e8e35
 def table_figures(table: str, budget: str, results_dir: Path = Path("figures/tables/runs"), runs_dir: Path = Path("runs"),
                   out_dir: Path = Path("figures"), seed: int = 0) -> list[Path]:
     "Training curves (and reconstructions, if the checkpoints are in `runs_dir`) of a table's runs at `budget`."
@@ -246,7 +232,7 @@ def table_figures(table: str, budget: str, results_dir: Path = Path("figures/tab
         fig.savefig(paths[1], dpi=130, bbox_inches="tight"); plt.close(fig)
     return paths
 
-# %% ../nbs/09_experiments.ipynb #c4a0031c
+# %% ../nbs/09_experiments.ipynb #c0925f50
 DEFAULT_PRESETS = ("static-diag", "static-iaf-d2-w320", "static-iaf-d2-w320-const")   # the rows of the default `cpu` reproduction
 
 def reproduce(budget: str = "cpu", presets: list[str] | None = None, seed: int = 0, device: str = "auto",

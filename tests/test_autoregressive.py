@@ -164,7 +164,7 @@ def test_make_figures_quick_writes_figures_and_a_costs_table(tmp_path):
     assert all(p.stat().st_size > 10_000 for p in paths if p.suffix == ".png")
     costs = pd.read_csv(paths[1])
     assert set(costs.operation) == {"MAF density", "IAF sample", "MAF sample", "IAF density of x"}
-    assert {"device", "torch_version", "threads", "batch", "hidden_sizes", "depth", "repeats"} <= set(costs.columns)
+    assert {"device", "torch", "threads", "commit", "dirty", "batch", "hidden_sizes", "depth", "repeats"} <= set(costs.columns)
     assert (costs.median_s > 0).all()
 
 
