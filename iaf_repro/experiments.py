@@ -7,7 +7,7 @@ __all__ = ['PRESETS', 'TABLES', 'BUDGETS', 'TARGETS', 'TABLE_COLUMNS', 'TABLE_BU
            'Budget', 'get_budget', 'run_name', 'result_path', 'run', 'published', 'build_table', 'table_markdown',
            'write_table', 'table_figures', 'reproduce']
 
-# %% ../nbs/09_experiments.ipynb #96063957
+# %% ../nbs/09_experiments.ipynb #f659ee48
 import json
 import os
 import time
@@ -26,7 +26,7 @@ from .evaluate import evaluate, plot_reconstructions, plot_training_curves
 from .train import TrainConfig, load_ema_model, resolve_device, train
 from .vae import VAE, VAEConfig
 
-# %% ../nbs/09_experiments.ipynb #679065b1
+# %% ../nbs/09_experiments.ipynb #4c8af139
 @dataclass(frozen=True)
 class Preset:
     "One table row: a model on one kind of binarized MNIST."
@@ -58,7 +58,7 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS: raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
     return PRESETS[name]
 
-# %% ../nbs/09_experiments.ipynb #9c0838b5
+# %% ../nbs/09_experiments.ipynb #e1d72989
 @dataclass(frozen=True)
 class Budget:
     "How much compute a run gets; never changes the model or the math."
@@ -82,7 +82,7 @@ def get_budget(name: str) -> Budget:
     if name not in BUDGETS: raise ValueError(f"unknown budget {name!r}; valid budgets: {', '.join(BUDGETS)}")
     return BUDGETS[name]
 
-# %% ../nbs/09_experiments.ipynb #01f573f8
+# %% ../nbs/09_experiments.ipynb #19b5eaf8
 def run_name(preset: str, budget: str, seed: int) -> str:
     "The name of a run: `<preset>__<budget>__s<seed>`."
     return f"{preset}__{budget}__s{seed}"
@@ -130,7 +130,7 @@ def run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto",
     results = dict(run=name, preset=preset, budget=budget, seed=seed, mnist=p.mnist, row=p.row, label=p.label,
                    epochs=int(metrics.epoch.max()), best_epoch=int(metrics.epoch[metrics.valid_vlb.idxmax()]),
                    train_images=len(data.train), eval_images=len(data.test), is_samples=b.is_samples, **summary,
-                   train_seconds=round(float(metrics.seconds.sum()), 1), eval_seconds=round(time.perf_counter() - start, 1),
+                   train_seconds=round(float(metrics.seconds.sum()), 2), eval_seconds=round(time.perf_counter() - start, 2),
                    **provenance(dev), trained_commit=trained_by.get("commit", "not recorded"),
                    trained_dirty=trained_by.get("dirty"))
     results_dir = Path(results_dir); results_dir.mkdir(parents=True, exist_ok=True)
@@ -139,7 +139,7 @@ def run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto",
     evaluation.per_image.to_csv(result_path(results_dir, preset, budget, seed, ".per_image.csv.gz"), index=False, float_format="%.4f")
     return results
 
-# %% ../nbs/09_experiments.ipynb #0ba62d67
+# %% ../nbs/09_experiments.ipynb #01ffdc80
 TARGETS = Path(iaf_repro.__file__).resolve().parents[1] / "reference" / "targets.csv"   # a copy of shared/reference/targets.csv
 _SOURCES = {("table1", "dynamic"): "paper-T1", ("table1", "static"): "replication-T1",
             ("table2", "static"): "replication-T2", ("table2", "dynamic"): None}
@@ -153,7 +153,7 @@ def published(table: str, mnist: str, row: str, targets: Path = TARGETS) -> dict
     return dict(published_vlb=hit.get("vlb_nats", float("nan")), published_log_px=hit.get("log_px_nats", float("nan")),
                 published_source=source if len(hit) else "")
 
-# %% ../nbs/09_experiments.ipynb #89bb746e
+# %% ../nbs/09_experiments.ipynb #35e139bf
 TABLE_COLUMNS = ["mnist", "model", "vlb", "vlb_se", "log_px", "log_px_se", "gap", "published_vlb", "published_log_px",
                  "published_source", "run", "budget", "epochs", "best_epoch", "seed", "is_samples", "eval_images", "device", "threads",
                  "train_seconds", "eval_seconds", "trained_commit", "commit", "dirty", "iaf_repro", "torch"]
@@ -177,7 +177,7 @@ def build_table(table: str, results_dir: Path = Path("figures/tables/runs"), see
         rows += [dict(ours, mnist=p.mnist, model=p.label, **published(table, p.mnist, p.row)) for ours in runs]
     return pd.DataFrame(rows).reindex(columns=TABLE_COLUMNS)
 
-# %% ../nbs/09_experiments.ipynb #78a4694f
+# %% ../nbs/09_experiments.ipynb #4aee7987
 def _fmt(value, se=None) -> str:
     if pd.isna(value): return "not run" if se is not None else "—"
     return f"{value:.2f} ± {se:.2f}" if se is not None and not pd.isna(se) else f"{value:.2f}"
@@ -211,7 +211,7 @@ def write_table(table: str, results_dir: Path = Path("figures/tables/runs"), out
     (out_dir / f"{table}.md").write_text(table_markdown(df, title))
     return df
 
-# %% ../nbs/09_experiments.ipynb #2f9cd029
+# %% ../nbs/09_experiments.ipynb #f351ca47
 def table_figures(table: str, budget: str, results_dir: Path = Path("figures/tables/runs"), runs_dir: Path = Path("runs"),
                   out_dir: Path = Path("figures"), seed: int = 0) -> list[Path]:
     "Training curves (and reconstructions, if the checkpoints are in `runs_dir`) of a table's runs at `budget`."
@@ -234,7 +234,7 @@ def table_figures(table: str, budget: str, results_dir: Path = Path("figures/tab
         fig.savefig(paths[1], dpi=130, bbox_inches="tight"); plt.close(fig)
     return paths
 
-# %% ../nbs/09_experiments.ipynb #25b0b976
+# %% ../nbs/09_experiments.ipynb #fbce50de
 DEFAULT_PRESETS = ("static-diag", "static-iaf-d2-w320", "static-iaf-d2-w320-const")   # the rows of the default `cpu` reproduction
 
 def reproduce(budget: str = "cpu", presets: list[str] | None = None, seed: int = 0, device: str = "auto",

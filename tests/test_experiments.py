@@ -70,7 +70,7 @@ def test_smoke_run_writes_results_with_provenance(tmp_path):
     result = run("static-diag", "smoke", runs_dir=tmp_path / "runs", results_dir=tmp_path / "results", progress=False)
     saved = json.loads((tmp_path / "results" / "static-diag__smoke__s0.json").read_text())
     assert saved["vlb"] == result["vlb"] and saved["commit"] == saved["trained_commit"] != "unknown"
-    assert saved["train_seconds"] > 0 and saved["eval_seconds"] > 0 and saved["best_epoch"] == 1
+    assert saved["train_seconds"] > 0 and saved["eval_seconds"] >= 0 and saved["best_epoch"] == 1
     per_image = pd.read_csv(tmp_path / "results" / "static-diag__smoke__s0.per_image.csv.gz")
     assert len(per_image) == BUDGETS["smoke"].eval_images and abs(per_image.vlb.mean() - saved["vlb"]) < 1e-3
     assert (tmp_path / "runs" / "static-diag__smoke__s0" / "provenance.json").exists()
