@@ -7,7 +7,7 @@ __all__ = ['DATA_ENV', 'FILES', 'KINDS', 'EVAL_BINARIZATION_SEED', 'DataFile', '
            'verified_file', 'read_idx', 'BinarizedMNIST', 'evenly_spaced', 'load_mnist', 'plot_binarizations',
            'make_figures']
 
-# %% ../nbs/05_data.ipynb #cefaf2f3
+# %% ../nbs/05_data.ipynb #bf0b4fe0
 import gzip
 import hashlib
 import os
@@ -22,7 +22,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-# %% ../nbs/05_data.ipynb #7c98a0f0
+from .density import save_figure
+
+# %% ../nbs/05_data.ipynb #6bc17f31
 DATA_ENV = "IAF_REPRO_DATA"
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ FILES = {
     "grey_test_labels": _grey("t10k-labels-idx1-ubyte.gz", "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
 }
 
-# %% ../nbs/05_data.ipynb #cd0cc058
+# %% ../nbs/05_data.ipynb #1c7d14b7
 def data_root(root: Path | str | None = None) -> Path:
     "The data folder: `root` if given, else `$IAF_REPRO_DATA`, else `~/.cache/iaf_repro`."
     return Path(root or os.environ.get(DATA_ENV) or Path.home() / ".cache" / "iaf_repro")
@@ -96,7 +98,7 @@ def _download(file: DataFile, path: Path) -> Path:
     raise DataError(f"{path} not found, and downloading it failed ({'; '.join(errors)}); "
                     f"set {DATA_ENV} to a folder that holds it (in this project's CI: ../shared/data).")
 
-# %% ../nbs/05_data.ipynb #03b0eb9a
+# %% ../nbs/05_data.ipynb #e5395e5b
 def read_idx(path: Path) -> np.ndarray:
     "Decode a gzipped IDX file (MNIST's format) into a uint8 array."
     with gzip.open(path, "rb") as f: raw = f.read()
@@ -119,7 +121,7 @@ def _grey_arrays(root, download) -> tuple[np.ndarray, np.ndarray]:
     test = read_idx(verified_file(FILES["grey_test_images"], root, download)).reshape(-1, 784)
     return train, test
 
-# %% ../nbs/05_data.ipynb #8caacf02
+# %% ../nbs/05_data.ipynb #64ee587a
 @dataclass
 class BinarizedMNIST:
     "Binary MNIST splits as `[N, 1, 28, 28]` float tensors; dynamic: `train` holds grey levels, resampled per batch."
@@ -155,14 +157,14 @@ class BinarizedMNIST:
         "The same data on `device`."
         return replace(self, train=self.train.to(device), valid=self.valid.to(device), test=self.test.to(device))
 
-# %% ../nbs/05_data.ipynb #2ffc36aa
+# %% ../nbs/05_data.ipynb #340966ba
 def evenly_spaced(images: torch.Tensor, n: int | None) -> torch.Tensor:
     "`n` images evenly spaced through `images` (all of them when `n` is None or too large): `[N, ...] -> [n, ...]`."
     if n is None or n >= len(images): return images
     if n < 1: raise ValueError(f"n must be >= 1, got {n}")
     return images[torch.linspace(0, len(images) - 1, n, device=images.device).long()]
 
-# %% ../nbs/05_data.ipynb #3abe9a26
+# %% ../nbs/05_data.ipynb #66d86538
 KINDS = ("static", "dynamic", "thresholded")
 EVAL_BINARIZATION_SEED = 0   # ours: fixes the one binarization of dynamic MNIST's valid and test images
 
@@ -183,7 +185,7 @@ def load_mnist(kind: str = "static", root: Path | str | None = None, device="cpu
     g = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)     # on the CPU: the same images whatever the device
     return BinarizedMNIST(kind, train, torch.bernoulli(valid, generator=g), torch.bernoulli(test, generator=g), dynamic=True).to(device)
 
-# %% ../nbs/05_data.ipynb #36740c1a
+# %% ../nbs/05_data.ipynb #d64e5739
 def plot_binarizations(grey_train: torch.Tensor, n: int = 4, seed: int = 0):
     "Grid of `n` digits: the grey level, two dynamic draws, and the thresholded image."
     g = torch.Generator().manual_seed(seed)
@@ -199,11 +201,9 @@ def plot_binarizations(grey_train: torch.Tensor, n: int = 4, seed: int = 0):
     fig.suptitle("Four MNIST digits: grey levels, two dynamic binarizations, thresholding", fontsize=10)
     return fig
 
-# %% ../nbs/05_data.ipynb #8d1a58d4
+# %% ../nbs/05_data.ipynb #7daa99b3
 def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
     "Render this chapter's figure (the three binarizations) into `out_dir`; needs the data folder."
     fig = plot_binarizations(load_mnist("dynamic").train)
-    path = Path(out_dir) / "mnist_binarizations.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130, bbox_inches="tight"); plt.close(fig)
+    path = save_figure(fig, Path(out_dir) / "mnist_binarizations.png")
     return [path]

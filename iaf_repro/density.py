@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['LOG_2PI', 'check_batch', 'check_context', 'check_broadcast', 'log_normal_diag', 'log_standard_normal',
-           'plot_change_of_variables_1d', 'autograd_log_det', 'FlowChain', 'flow_log_prob', 'provenance',
+           'plot_change_of_variables_1d', 'autograd_log_det', 'FlowChain', 'flow_log_prob', 'provenance', 'save_figure',
            'make_figures']
 
-# %% ../nbs/00_change_of_variables.ipynb #9cae4686
+# %% ../nbs/00_change_of_variables.ipynb #f9d7d37c
 import math
 import os
 import platform
@@ -22,7 +22,7 @@ from torch import nn
 
 import iaf_repro
 
-# %% ../nbs/00_change_of_variables.ipynb #4c5485a6
+# %% ../nbs/00_change_of_variables.ipynb #d471dfb7
 def check_batch(z: torch.Tensor, dim: int | None = None, name: str = "z") -> tuple[int, int]:
     "Check that `z` is a float batch `[B, D]` (with `D == dim` when given); return `(B, D)`."
     if not isinstance(z, torch.Tensor): raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
@@ -46,7 +46,7 @@ def check_broadcast(t: torch.Tensor, target: torch.Tensor, name: str, target_nam
     except RuntimeError: ok = False
     if not ok: raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to {target_name} of shape {tuple(target.shape)}")
 
-# %% ../nbs/00_change_of_variables.ipynb #86cfc199
+# %% ../nbs/00_change_of_variables.ipynb #c475ae0c
 LOG_2PI = math.log(2 * math.pi)
 
 def log_normal_diag(z: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
@@ -61,7 +61,7 @@ def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
     check_batch(z)
     return -0.5 * (z**2 + LOG_2PI).sum(-1)
 
-# %% ../nbs/00_change_of_variables.ipynb #3a42e0f6
+# %% ../nbs/00_change_of_variables.ipynb #fa8e0eae
 def _cubic(x): return x**3 / 3 + x
 
 def _cubic_inverse(y):
@@ -79,7 +79,7 @@ def _cubic_naive_log_density(y):
     "The wrong answer that forgets the Jacobian: log N(H^{-1}(y); 0, 1)."
     return log_standard_normal(_cubic_inverse(y)[:, None])
 
-# %% ../nbs/00_change_of_variables.ipynb #2025c2e0
+# %% ../nbs/00_change_of_variables.ipynb #13a5b0fb
 def plot_change_of_variables_1d(samples, log_density, naive_log_density, xlim=(-4, 4), ax=None):
     "Histogram of pushed-forward `samples` against the change-of-variables density and a naive one."
     ax = ax or plt.subplots(figsize=(6.5, 3.8))[1]
@@ -94,7 +94,7 @@ def plot_change_of_variables_1d(samples, log_density, naive_log_density, xlim=(-
     ax.legend(frameon=False)
     return ax
 
-# %% ../nbs/00_change_of_variables.ipynb #20e2f4c4
+# %% ../nbs/00_change_of_variables.ipynb #f0fba1af
 def autograd_log_det(layer, z: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
     "Reference log|det dz_new/dz| for each row of `z`, from the full autograd Jacobian: `[B, D] -> [B]`."
     check_batch(z)
@@ -107,7 +107,7 @@ def autograd_log_det(layer, z: torch.Tensor, h: torch.Tensor | None = None) -> t
         rows.append(torch.linalg.slogdet(jac).logabsdet)
     return torch.stack(rows)
 
-# %% ../nbs/00_change_of_variables.ipynb #873a6641
+# %% ../nbs/00_change_of_variables.ipynb #42a7f2dc
 class FlowChain(nn.Module):
     "Compose flow layers: `(z [B, D], h) -> (z_K [B, D], sum_k log|det df_k/dz_{k-1}| [B])` (R&M Eq. 7)."
     def __init__(self, *layers: nn.Module):
@@ -131,7 +131,7 @@ def flow_log_prob(log_q0: torch.Tensor, log_det: torch.Tensor) -> torch.Tensor:
     "log q_K(z_K) from the base log-density of z_0 and the chain's summed log-det: `[B], [B] -> [B]` (Eq. 5)."
     return log_q0 - log_det
 
-# %% ../nbs/00_change_of_variables.ipynb #834d5714
+# %% ../nbs/00_change_of_variables.ipynb #dd823602
 def _git(*args) -> str:
     "Output of a git command run in the package's checkout ('' when git or the checkout is missing)."
     try: return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=Path(iaf_repro.__file__).parent).stdout.strip()
@@ -146,14 +146,20 @@ def provenance(device: torch.device | str = "cpu") -> dict:
                 device=name, threads=torch.get_num_threads(), torch=torch.__version__,
                 iaf_repro=iaf_repro.__version__, date=time.strftime("%Y-%m-%d %H:%M:%S"))
 
-# %% ../nbs/00_change_of_variables.ipynb #5d471ebd
+# %% ../nbs/00_change_of_variables.ipynb #73abad39
+def save_figure(fig, path: Path) -> Path:
+    "Save a figure as a PNG (130 dpi, tight), creating its folder, and close it; every chapter's figures go through here."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
 def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
     "Render this chapter's figures into `out_dir` (`quick`: fewer samples, for tests)."
     g = torch.Generator().manual_seed(0)
     x = torch.randn(20_000 if quick else 400_000, generator=g, dtype=torch.float64)
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     plot_change_of_variables_1d(_cubic(x).numpy(), _cubic_log_density, _cubic_naive_log_density, ax=ax)
-    path = Path(out_dir) / "change_of_variables_1d.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130, bbox_inches="tight"); plt.close(fig)
+    path = save_figure(fig, Path(out_dir) / "change_of_variables_1d.png")
     return [path]

@@ -6,7 +6,7 @@
 __all__ = ['gaussian_kl_diag', 'log_importance_weights', 'elbo', 'reparameterize', 'LinearGaussianModel', 'iwae_bound',
            'iwae_bounds_by_k', 'plot_iwae_bound_vs_k', 'importance_sampled_log_px', 'make_figures']
 
-# %% ../nbs/01_elbo_lotus.ipynb #d13409db
+# %% ../nbs/01_elbo_lotus.ipynb #15d353b8
 import math
 from pathlib import Path
 from typing import Callable
@@ -16,9 +16,9 @@ import torch
 from fastcore.basics import patch
 from torch.distributions import MultivariateNormal, kl_divergence
 
-from .density import check_batch, check_broadcast, flow_log_prob, log_normal_diag, log_standard_normal
+from .density import check_batch, check_broadcast, flow_log_prob, log_normal_diag, log_standard_normal, save_figure
 
-# %% ../nbs/01_elbo_lotus.ipynb #8bbd7606
+# %% ../nbs/01_elbo_lotus.ipynb #597bdde5
 def gaussian_kl_diag(mu_q: torch.Tensor, log_sigma_q: torch.Tensor,
                      mu_p: torch.Tensor, log_sigma_p: torch.Tensor) -> torch.Tensor:
     "KL(N(mu_q, sigma_q^2) || N(mu_p, sigma_p^2)) of diagonal Gaussians, summed over dims: `[B, D] x 4 -> [B]` (Eq. 5)."
@@ -28,7 +28,7 @@ def gaussian_kl_diag(mu_q: torch.Tensor, log_sigma_q: torch.Tensor,
     mean_term = ((mu_q - mu_p) * torch.exp(-log_sigma_p)) ** 2             # (mu_q - mu_p)^2 / sigma_p^2
     return (log_sigma_p - log_sigma_q + 0.5 * (var_ratio + mean_term) - 0.5).sum(-1)
 
-# %% ../nbs/01_elbo_lotus.ipynb #99cd2a32
+# %% ../nbs/01_elbo_lotus.ipynb #039b22ac
 def _check_samples(log_w, name: str = "log_w") -> tuple[int, int]:
     "Check a per-sample tensor has shape `[K, B]`; return `(K, B)`."
     if not isinstance(log_w, torch.Tensor) or log_w.ndim != 2:
@@ -48,7 +48,7 @@ def elbo(log_w: torch.Tensor) -> torch.Tensor:
     _check_samples(log_w)
     return log_w.mean(0)
 
-# %% ../nbs/01_elbo_lotus.ipynb #4264abaa
+# %% ../nbs/01_elbo_lotus.ipynb #be2fb491
 def _push_standard_normal(mu, transform, log_det, k, generator):
     "z = mu + transform(eps), eps ~ N(0, I), with log q from ch. 00 Eq. 5: `mu [B, D] -> (z [K, B, D], log_q [K, B])`."
     B, D = check_batch(mu, name="mu")
@@ -61,7 +61,7 @@ def reparameterize(mu: torch.Tensor, log_sigma: torch.Tensor, k: int, generator:
     if log_sigma.shape != mu.shape: raise ValueError(f"log_sigma must have the shape of mu {tuple(mu.shape)}, got {tuple(log_sigma.shape)}")
     return _push_standard_normal(mu, lambda eps: torch.exp(log_sigma) * eps, log_sigma.sum(-1), k, generator)
 
-# %% ../nbs/01_elbo_lotus.ipynb #084e438c
+# %% ../nbs/01_elbo_lotus.ipynb #54d1d8ea
 class LinearGaussianModel:
     "z ~ N(0, I), x | z ~ N(W z + b, sigma_x^2 I), `W: [n_x, d_z]`, `b: [n_x]`: posterior and evidence exact (Eqs. 8-10)."
     def __init__(self, W: torch.Tensor, b: torch.Tensor, sigma_x: float):
@@ -79,7 +79,7 @@ class LinearGaussianModel:
             raise ValueError(f"z must have shape [..., {B}, {self.d_z}] for x of batch {B}, got {tuple(z.shape)}")
         return B
 
-# %% ../nbs/01_elbo_lotus.ipynb #61fcf62d
+# %% ../nbs/01_elbo_lotus.ipynb #919b0e6c
 @patch
 def log_prior(self: LinearGaussianModel, z: torch.Tensor) -> torch.Tensor:
     "log p(z) = log N(z; 0, I): `[..., d_z] -> [...]` (Eq. 8)."
@@ -106,7 +106,7 @@ def sample(self: LinearGaussianModel, n: int, generator: torch.Generator | None 
     noise = torch.randn(n, self.d_x, generator=generator, dtype=self.W.dtype)
     return z, z @ self.W.T + self.b + self.sigma_x * noise
 
-# %% ../nbs/01_elbo_lotus.ipynb #2f9ca907
+# %% ../nbs/01_elbo_lotus.ipynb #547e6709
 @patch
 def posterior_precision(self: LinearGaussianModel) -> torch.Tensor:
     "Lambda = I + W^T W / sigma_x^2, the same for every x: `-> [d_z, d_z]` (Eq. 9)."
@@ -127,7 +127,7 @@ def exact_log_px(self: LinearGaussianModel, x: torch.Tensor) -> torch.Tensor:
     cov = self.W @ self.W.T + self.sigma_x**2 * torch.eye(self.d_x, dtype=self.W.dtype)
     return MultivariateNormal(self.b, covariance_matrix=cov).log_prob(x)
 
-# %% ../nbs/01_elbo_lotus.ipynb #0c978e7d
+# %% ../nbs/01_elbo_lotus.ipynb #4e75ed95
 @patch
 def elbo_diag(self: LinearGaussianModel, x: torch.Tensor, mu_q: torch.Tensor, log_sigma_q: torch.Tensor) -> torch.Tensor:
     "Closed-form ELBO for q = N(mu_q, diag sigma_q^2): `x [B, n_x], mu_q, log_sigma_q [B, d_z] -> [B]` (Eqs. 4, 5, 11)."
@@ -144,7 +144,7 @@ def kl_to_posterior(self: LinearGaussianModel, x: torch.Tensor, mu_q: torch.Tens
     q = MultivariateNormal(mu_q, scale_tril=torch.diag_embed(torch.exp(log_sigma_q)))
     return kl_divergence(q, MultivariateNormal(mu, scale_tril=L))
 
-# %% ../nbs/01_elbo_lotus.ipynb #7df38dfe
+# %% ../nbs/01_elbo_lotus.ipynb #12305ab5
 def _demo_problem():
     "The chapter's running example: a linear-Gaussian model with d_z=2, n_x=3 and one observed x [1, 3]."
     W = torch.tensor([[1.0, 0.8], [0.6, 1.0], [1.2, 0.9]], dtype=torch.float64)    # similar columns: correlated posterior
@@ -159,7 +159,7 @@ def _diagonal_qs(model: LinearGaussianModel, x: torch.Tensor) -> dict:
     matched = torch.log(L.norm(dim=1))                                               # s_i^2 = (L L^T)_ii
     return {"mean-field": (mu, mean_field.expand_as(mu)), "matched marginals": (mu, matched.expand_as(mu))}
 
-# %% ../nbs/01_elbo_lotus.ipynb #60794c11
+# %% ../nbs/01_elbo_lotus.ipynb #ed6fb836
 @patch
 def sample_posterior(self: LinearGaussianModel, x: torch.Tensor, k: int, generator: torch.Generator | None = None):
     "`k` exact posterior samples z = mu + L eps with log q (a one-layer affine flow): `x [B, n_x] -> (z [K, B, d_z], log_q [K, B])` (Eqs. 9, 14)."
@@ -167,7 +167,7 @@ def sample_posterior(self: LinearGaussianModel, x: torch.Tensor, k: int, generat
     log_det = torch.log(torch.diagonal(L)).sum()                                   # triangular Jacobian
     return _push_standard_normal(mu, lambda eps: eps @ L.T, log_det, k, generator)
 
-# %% ../nbs/01_elbo_lotus.ipynb #1d9f45d6
+# %% ../nbs/01_elbo_lotus.ipynb #8bf44092
 def iwae_bound(log_w: torch.Tensor) -> torch.Tensor:
     "IWAE estimate log (1/K sum_k w_k) computed in log space: `[K, B] -> [B]` (Eq. 15; Burda et al. 2016)."
     K, _ = _check_samples(log_w)
@@ -179,7 +179,7 @@ def iwae_bounds_by_k(log_w: torch.Tensor, ks: list[int]) -> torch.Tensor:
     if not all(1 <= k <= K for k in ks): raise ValueError(f"every k must lie in [1, {K}], got {list(ks)}")
     return torch.stack([iwae_bound(log_w[:k]) for k in ks])
 
-# %% ../nbs/01_elbo_lotus.ipynb #0a8da74c
+# %% ../nbs/01_elbo_lotus.ipynb #63958254
 def _replicated_log_w(model, x, mu, log_sigma, k: int, replicates: int, generator) -> torch.Tensor:
     "Log-weights of `k` samples of a diagonal q for `replicates` independent copies of one x `[1, n_x]`: `-> [k, replicates]`."
     x_r, mu_r, log_sigma_r = (t.expand(replicates, -1) for t in (x, mu, log_sigma))
@@ -196,7 +196,7 @@ def _iwae_experiment(ks: list[int], replicates: int, seed: int = 1):
         bounds[name], elbos[name] = iwae_bounds_by_k(log_w, ks), model.elbo_diag(x, mu, log_sigma).item()
     return bounds, elbos, model.exact_log_px(x).item()
 
-# %% ../nbs/01_elbo_lotus.ipynb #1b85ea68
+# %% ../nbs/01_elbo_lotus.ipynb #5e5d8e84
 def plot_iwae_bound_vs_k(ks: list[int], bounds: dict, log_px: float, elbos: dict | None = None, ax=None):
     "IWAE estimates (mean +- 2 s.e. over replicates, `bounds[name]: [len(ks), R]`) against K, with log p(x) and ELBOs."
     ax = ax or plt.subplots(figsize=(6.5, 4))[1]
@@ -211,7 +211,7 @@ def plot_iwae_bound_vs_k(ks: list[int], bounds: dict, log_px: float, elbos: dict
     ax.legend(frameon=False, fontsize=8, loc="lower right")
     return ax
 
-# %% ../nbs/01_elbo_lotus.ipynb #e774b40e
+# %% ../nbs/01_elbo_lotus.ipynb #002b6f87
 def _positive_int(value, name: str) -> int:
     "Return `value` if it is an int >= 1, else raise a ValueError naming `name`."
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -236,14 +236,12 @@ def importance_sampled_log_px(draw_log_w: Callable[[int], torch.Tensor], k: int,
         done += n
     return total - math.log(k)
 
-# %% ../nbs/01_elbo_lotus.ipynb #17fa9dcf
+# %% ../nbs/01_elbo_lotus.ipynb #bc6e6837
 def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
     "Render this chapter's figure (IWAE bound vs K) into `out_dir` (`quick`: fewer samples, for tests)."
     ks = [4**i for i in range(5 if quick else 7)]
     bounds, elbos, log_px = _iwae_experiment(ks, replicates=50 if quick else 400)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     plot_iwae_bound_vs_k(ks, bounds, log_px, elbos, ax=ax)
-    path = Path(out_dir) / "elbo_iwae_bound_vs_k.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130, bbox_inches="tight"); plt.close(fig)
+    path = save_figure(fig, Path(out_dir) / "elbo_iwae_bound_vs_k.png")
     return [path]

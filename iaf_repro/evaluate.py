@@ -6,7 +6,7 @@
 __all__ = ['Evaluation', 'evaluate', 'summarize', 'log_px_by_k', 'bits_per_dim', 'plot_training_curves', 'plot_reconstructions',
            'plot_log_px_by_k', 'make_figures']
 
-# %% ../nbs/08_evaluate.ipynb #25af5f72
+# %% ../nbs/08_evaluate.ipynb #ee6cdbe3
 import math
 import tempfile
 from pathlib import Path
@@ -21,10 +21,11 @@ from tqdm.auto import tqdm
 
 from .elbo import _positive_int, importance_sampled_log_px, iwae_bounds_by_k, log_importance_weights
 from .data import evenly_spaced, load_mnist
+from .density import save_figure
 from .train import MLPVAE, TrainConfig, bound_terms, demo_data, load_ema_model, model_device, seeded, train
 from .vae import VAEConfig
 
-# %% ../nbs/08_evaluate.ipynb #7ff4e2e1
+# %% ../nbs/08_evaluate.ipynb #b0e063f7
 _COLUMNS = ["vlb", "log_px", "gap", "recon", "kl"]
 
 class Evaluation(NamedTuple):
@@ -48,7 +49,7 @@ def _draw_and_score(model: nn.Module, x: torch.Tensor, k: int, chunk: int):
     log_px = importance_sampled_log_px(draw_log_w, k, chunk)
     return log_px, type(drawn[0])(*map(torch.cat, zip(*drawn)))                                    # [k, B] each
 
-# %% ../nbs/08_evaluate.ipynb #4e49ee74
+# %% ../nbs/08_evaluate.ipynb #b4c6d81f
 def evaluate(model: nn.Module, images: torch.Tensor, k: int = 128, batch_size: int = 100, chunk: int = 16,
              seed: int = 0, progress: bool = True) -> Evaluation:
     "Per-image VLB and IS log p(x) from the same `k` samples, their gap, reconstruction and KL, with a summary (Eqs. 1-2)."
@@ -68,7 +69,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, k: int = 128, batch_size: i
     per_image = pd.DataFrame(torch.cat(rows).double().cpu().numpy(), columns=_COLUMNS)
     return Evaluation(per_image, summarize(per_image, k))
 
-# %% ../nbs/08_evaluate.ipynb #d14c40f6
+# %% ../nbs/08_evaluate.ipynb #e45aee83
 def summarize(per_image: pd.DataFrame, k: int) -> dict:
     "Mean and standard error s / sqrt(n) of each per-image column, with n and k: `{'n', 'k', 'vlb', 'vlb_se', ...}` (Eq. 3)."
     n = len(per_image)
@@ -79,7 +80,7 @@ def summarize(per_image: pd.DataFrame, k: int) -> dict:
         summary[f"{column}_se"] = float(per_image[column].std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
     return summary
 
-# %% ../nbs/08_evaluate.ipynb #5a5e1f16
+# %% ../nbs/08_evaluate.ipynb #9149e60e
 def log_px_by_k(model: nn.Module, images: torch.Tensor, ks: list[int], batch_size: int = 100, chunk: int = 16,
                 seed: int = 0, progress: bool = True) -> pd.DataFrame:
     "Mean IS log p(x) for each K in `ks` from nested prefixes of one draw per image, and its shortfall from K = max(ks), with standard errors (Eq. 1)."
@@ -96,12 +97,12 @@ def log_px_by_k(model: nn.Module, images: torch.Tensor, ks: list[int], batch_siz
     return pd.DataFrame({"k": ks, "log_px": per_k.mean(1).numpy(), "log_px_se": se(per_k),
                          "shortfall": shortfall.mean(1).numpy(), "shortfall_se": se(shortfall)})
 
-# %% ../nbs/08_evaluate.ipynb #2f74e056
+# %% ../nbs/08_evaluate.ipynb #ebca7d00
 def bits_per_dim(log_px_nats, num_dims: int):
     "Convert log p(x) in nats per image to bits per dimension, -log p(x) / (D ln 2)."
     return -log_px_nats / (_positive_int(num_dims, "num_dims") * math.log(2))
 
-# %% ../nbs/08_evaluate.ipynb #c03375f2
+# %% ../nbs/08_evaluate.ipynb #86537e02
 def _metrics(run) -> pd.DataFrame:
     "A run's metrics: a frame as is, or `metrics.csv` read from a run folder or a CSV path."
     if isinstance(run, pd.DataFrame): return run
@@ -124,7 +125,7 @@ def plot_training_curves(runs: dict, title: str = "Training curves: the two term
     fig.suptitle(title)
     return fig
 
-# %% ../nbs/08_evaluate.ipynb #dfa82a15
+# %% ../nbs/08_evaluate.ipynb #a2f1d1e9
 def plot_reconstructions(models, images: torch.Tensor, n: int = 8, seed: int = 0,
                          title: str = "Test images, reconstructions and per-pixel errors"):
     "Originals, Bernoulli-mean reconstructions and |x - x_hat| maps of `n` images evenly spaced through `images [N, 1, H, W]`, for one model or a dict name -> model."
@@ -148,7 +149,7 @@ def plot_reconstructions(models, images: torch.Tensor, n: int = 8, seed: int = 0
     fig.suptitle(title)
     return fig
 
-# %% ../nbs/08_evaluate.ipynb #fec83d5e
+# %% ../nbs/08_evaluate.ipynb #f0e34ac1
 def plot_log_px_by_k(curves: dict):
     "Mean IS log p(x) against K (left) and its shortfall from the largest K (right, paired +- 2 s.e.); `curves`: name -> `log_px_by_k` frame."
     fig, (ax, ax_short) = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
@@ -167,13 +168,7 @@ def plot_log_px_by_k(curves: dict):
     ax_short.set_yscale("symlog", linthresh=0.1)
     return fig
 
-# %% ../nbs/08_evaluate.ipynb #fd4cc424
-def _save(fig, path: Path) -> Path:
-    "Save a figure as PNG (dpi 130) and close it."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130, bbox_inches="tight"); plt.close(fig)
-    return path
-
+# %% ../nbs/08_evaluate.ipynb #477d672f
 def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
     "Render this chapter's figures (training curves, reconstructions with error maps, log p(x) vs K) into `out_dir`."
     data = demo_data(512, 128, 128, synthetic=True) if quick else load_mnist("static")
@@ -191,7 +186,7 @@ def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
     curves = {name: log_px_by_k(model, data.test[:n_test], ks, chunk=256, progress=not quick) for name, model in models.items()}
     title = f"MLP VAE, {epochs} epochs on {'static MNIST' if not quick else data.name}, diagonal vs IAF posterior"
     out_dir = Path(out_dir)
-    return [_save(plot_training_curves(runs, title=f"Training curves: {title}"), out_dir / "evaluate_training_curves.png"),
-            _save(plot_reconstructions(models, data.test, n=4 if quick else 10, title=f"Test images, reconstructions and errors: {title}"),
+    return [save_figure(plot_training_curves(runs, title=f"Training curves: {title}"), out_dir / "evaluate_training_curves.png"),
+            save_figure(plot_reconstructions(models, data.test, n=4 if quick else 10, title=f"Test images, reconstructions and errors: {title}"),
                   out_dir / "evaluate_reconstructions.png"),
-            _save(plot_log_px_by_k(curves), out_dir / "evaluate_log_px_by_k.png")]
+            save_figure(plot_log_px_by_k(curves), out_dir / "evaluate_log_px_by_k.png")]

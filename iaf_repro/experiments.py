@@ -7,7 +7,7 @@ __all__ = ['PRESETS', 'TABLES', 'BUDGETS', 'TARGETS', 'TABLE_COLUMNS', 'TABLE_BU
            'Budget', 'get_budget', 'run_name', 'result_path', 'run', 'published', 'build_table', 'table_markdown',
            'write_table', 'table_figures', 'reproduce']
 
-# %% ../nbs/09_experiments.ipynb #f659ee48
+# %% ../nbs/09_experiments.ipynb #2eaec6d3
 import json
 import os
 import time
@@ -19,14 +19,12 @@ import torch
 
 import iaf_repro
 from .data import BinarizedMNIST, evenly_spaced, load_mnist
-from .density import provenance
-import matplotlib.pyplot as plt
-
+from .density import provenance, save_figure
 from .evaluate import evaluate, plot_reconstructions, plot_training_curves
 from .train import TrainConfig, load_ema_model, resolve_device, train
 from .vae import VAE, VAEConfig
 
-# %% ../nbs/09_experiments.ipynb #4c8af139
+# %% ../nbs/09_experiments.ipynb #2528cd48
 @dataclass(frozen=True)
 class Preset:
     "One table row: a model on one kind of binarized MNIST."
@@ -58,7 +56,7 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS: raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
     return PRESETS[name]
 
-# %% ../nbs/09_experiments.ipynb #e1d72989
+# %% ../nbs/09_experiments.ipynb #90fbb4bb
 @dataclass(frozen=True)
 class Budget:
     "How much compute a run gets; never changes the model or the math."
@@ -82,7 +80,7 @@ def get_budget(name: str) -> Budget:
     if name not in BUDGETS: raise ValueError(f"unknown budget {name!r}; valid budgets: {', '.join(BUDGETS)}")
     return BUDGETS[name]
 
-# %% ../nbs/09_experiments.ipynb #19b5eaf8
+# %% ../nbs/09_experiments.ipynb #b900e3d8
 def run_name(preset: str, budget: str, seed: int) -> str:
     "The name of a run: `<preset>__<budget>__s<seed>`."
     return f"{preset}__{budget}__s{seed}"
@@ -139,7 +137,7 @@ def run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto",
     evaluation.per_image.to_csv(result_path(results_dir, preset, budget, seed, ".per_image.csv.gz"), index=False, float_format="%.4f")
     return results
 
-# %% ../nbs/09_experiments.ipynb #01ffdc80
+# %% ../nbs/09_experiments.ipynb #7d0f51f7
 TARGETS = Path(iaf_repro.__file__).resolve().parents[1] / "reference" / "targets.csv"   # a copy of shared/reference/targets.csv
 _SOURCES = {("table1", "dynamic"): "paper-T1", ("table1", "static"): "replication-T1",
             ("table2", "static"): "replication-T2", ("table2", "dynamic"): None}
@@ -153,7 +151,7 @@ def published(table: str, mnist: str, row: str, targets: Path = TARGETS) -> dict
     return dict(published_vlb=hit.get("vlb_nats", float("nan")), published_log_px=hit.get("log_px_nats", float("nan")),
                 published_source=source if len(hit) else "")
 
-# %% ../nbs/09_experiments.ipynb #35e139bf
+# %% ../nbs/09_experiments.ipynb #e79fa197
 TABLE_COLUMNS = ["mnist", "model", "vlb", "vlb_se", "log_px", "log_px_se", "gap", "published_vlb", "published_log_px",
                  "published_source", "run", "budget", "epochs", "best_epoch", "seed", "is_samples", "eval_images", "device", "threads",
                  "train_seconds", "eval_seconds", "trained_commit", "commit", "dirty", "iaf_repro", "torch"]
@@ -177,7 +175,7 @@ def build_table(table: str, results_dir: Path = Path("figures/tables/runs"), see
         rows += [dict(ours, mnist=p.mnist, model=p.label, **published(table, p.mnist, p.row)) for ours in runs]
     return pd.DataFrame(rows).reindex(columns=TABLE_COLUMNS)
 
-# %% ../nbs/09_experiments.ipynb #4aee7987
+# %% ../nbs/09_experiments.ipynb #db7a20ad
 def _fmt(value, se=None) -> str:
     if pd.isna(value): return "not run" if se is not None else "—"
     return f"{value:.2f} ± {se:.2f}" if se is not None and not pd.isna(se) else f"{value:.2f}"
@@ -211,7 +209,7 @@ def write_table(table: str, results_dir: Path = Path("figures/tables/runs"), out
     (out_dir / f"{table}.md").write_text(table_markdown(df, title))
     return df
 
-# %% ../nbs/09_experiments.ipynb #f351ca47
+# %% ../nbs/09_experiments.ipynb #71d28306
 def table_figures(table: str, budget: str, results_dir: Path = Path("figures/tables/runs"), runs_dir: Path = Path("runs"),
                   out_dir: Path = Path("figures"), seed: int = 0) -> list[Path]:
     "Training curves (and reconstructions, if the checkpoints are in `runs_dir`) of a table's runs at `budget`."
@@ -223,7 +221,7 @@ def table_figures(table: str, budget: str, results_dir: Path = Path("figures/tab
     title = f"Table {table.removeprefix('table')}"
     fig = plot_training_curves(curves, title=f"{title} runs, `{budget}` budget: the two terms of the bound per epoch")
     paths = [out_dir / f"{table}_training_curves_{budget}.png"]
-    fig.savefig(paths[0], dpi=130, bbox_inches="tight"); plt.close(fig)
+    save_figure(fig, paths[0])
     have = [n for n in names if (Path(runs_dir) / run_name(n, budget, seed) / "best.pt").exists()]
     if have:
         models = {PRESETS[n].row: load_ema_model(VAE(PRESETS[n].model), Path(runs_dir) / run_name(n, budget, seed)) for n in have}
@@ -231,10 +229,10 @@ def table_figures(table: str, budget: str, results_dir: Path = Path("figures/tab
         fig = plot_reconstructions(models, test, n=10, title=f"{title} models ({PRESETS[have[0]].mnist} MNIST, `{budget}` budget): "
                                                               "test images, reconstructions (log-likelihood below), errors")
         paths.append(out_dir / f"{table}_reconstructions_{budget}.png")
-        fig.savefig(paths[1], dpi=130, bbox_inches="tight"); plt.close(fig)
+        save_figure(fig, paths[1])
     return paths
 
-# %% ../nbs/09_experiments.ipynb #fbce50de
+# %% ../nbs/09_experiments.ipynb #848c1791
 DEFAULT_PRESETS = ("static-diag", "static-iaf-d2-w320", "static-iaf-d2-w320-const")   # the rows of the default `cpu` reproduction
 
 def reproduce(budget: str = "cpu", presets: list[str] | None = None, seed: int = 0, device: str = "auto",

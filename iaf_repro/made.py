@@ -6,7 +6,7 @@
 __all__ = ['CONTEXT_DEGREE', 'made_degrees', 'made_masks', 'MaskedLinear', 'MADE', 'made_jacobians', 'autoregressive_violations',
            'plot_made_masks', 'make_figures']
 
-# %% ../nbs/03_made.ipynb #3cc20527
+# %% ../nbs/03_made.ipynb #ed11245d
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .density import check_batch, check_context
+from .density import check_batch, check_context, save_figure
 
-# %% ../nbs/03_made.ipynb #2658a6ff
+# %% ../nbs/03_made.ipynb #dcfe72ee
 CONTEXT_DEGREE = -1   # below every hidden degree: every hidden unit may see the context h
 
 def made_degrees(D: int, hidden_sizes: list[int], order: torch.Tensor | None = None,
@@ -31,7 +31,7 @@ def made_degrees(D: int, hidden_sizes: list[int], order: torch.Tensor | None = N
     hidden = [lowest + torch.arange(H) % (D - lowest) for H in hidden_sizes]
     return [order] + hidden
 
-# %% ../nbs/03_made.ipynb #8fe00188
+# %% ../nbs/03_made.ipynb #d1321a6e
 def made_masks(degrees: list[torch.Tensor], n_params: int = 1, context_dim: int = 0) -> list[torch.Tensor]:
     "Binary masks `[out, in]` for each layer from the degrees: `>=` into hidden layers, `>` into outputs (MADE Eq. 12-13)."
     z_degrees, *hidden = degrees
@@ -44,7 +44,7 @@ def made_masks(degrees: list[torch.Tensor], n_params: int = 1, context_dim: int 
     masks.append((outputs[:, None] > below[None, :]).float())                      # Eq. 2, [n_params*D, H_L]
     return masks
 
-# %% ../nbs/03_made.ipynb #1c259db8
+# %% ../nbs/03_made.ipynb #b2e0d7b9
 class MaskedLinear(nn.Linear):
     "A linear layer whose weight is multiplied by a fixed binary `mask [out, in]` (MADE Eq. 12)."
     def __init__(self, mask: torch.Tensor, bias: bool = True):
@@ -54,7 +54,7 @@ class MaskedLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight * self.mask, self.bias)
 
-# %% ../nbs/03_made.ipynb #ed3d5036
+# %% ../nbs/03_made.ipynb #a67be9ff
 class MADE(nn.Module):
     "Autoregressive MLP: `z [B, D], h [B, C] -> [B, n_params, D]`, output (p, i) depends on z_j only for o_j < o_i (MADE)."
     def __init__(self, D: int, hidden_sizes: list[int] = (320, 320), n_params: int = 2, context_dim: int = 0,
@@ -74,7 +74,7 @@ class MADE(nn.Module):
         x = z if h is None else torch.cat([z, h], dim=1)                 # [B, D + C]
         return self.net(x).view(B, self.n_params, self.D)                # [B, n_params, D]
 
-# %% ../nbs/03_made.ipynb #f0ed7dde
+# %% ../nbs/03_made.ipynb #8c77631f
 def made_jacobians(made: MADE, z: torch.Tensor, h: torch.Tensor | None = None):
     "Jacobians of MADE's outputs at one point `z [D]`: `(d out/dz [n_params, D, D], d out/dh [n_params, D, C] or None)`."
     if h is None:
@@ -86,7 +86,7 @@ def autoregressive_violations(jac_z: torch.Tensor, order: torch.Tensor) -> int:
     allowed = order[None, :] < order[:, None]                             # [D, D]: may out_i see z_j?
     return int((jac_z[:, ~allowed] != 0).sum())
 
-# %% ../nbs/03_made.ipynb #a5c28b57
+# %% ../nbs/03_made.ipynb #69dd7515
 def plot_made_masks(made: MADE):
     "Heatmaps of each layer's mask, ticks labelled by unit degree, and of the input-to-output connectivity."
     masks = [m.mask for m in made.net if isinstance(m, MaskedLinear)]
@@ -109,11 +109,9 @@ def plot_made_masks(made: MADE):
     fig.suptitle(f"MADE masks for D = {made.D}, context dim = {made.context_dim}, hidden degrees labelled")
     return fig
 
-# %% ../nbs/03_made.ipynb #93311716
+# %% ../nbs/03_made.ipynb #efd74991
 def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
     "Render this chapter's figure (the MADE masks) into `out_dir`."
     fig = plot_made_masks(MADE(D=6, hidden_sizes=[12, 12], n_params=2, context_dim=2))
-    path = Path(out_dir) / "made_masks.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130, bbox_inches="tight"); plt.close(fig)
+    path = save_figure(fig, Path(out_dir) / "made_masks.png")
     return [path]

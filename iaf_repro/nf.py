@@ -7,7 +7,7 @@ __all__ = ['ENERGIES', 'FIT_COLUMNS', 'planar_u_hat', 'PlanarFlow', 'radial_alph
            'U2', 'U3', 'U4', 'log_partition', 'annealed_beta', 'sample_flow', 'fit_reverse_kl', 'reverse_kl',
            'flow_log_density', 'make_flow', 'plot_density', 'plot_energy_fits', 'fit_energy_grid', 'make_figures']
 
-# %% ../nbs/02_planar_radial.ipynb #e5e11ab8
+# %% ../nbs/02_planar_radial.ipynb #46d44ee4
 import copy
 import csv
 import math
@@ -23,14 +23,14 @@ from fastcore.basics import patch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .density import FlowChain, check_batch, check_context, flow_log_prob, log_standard_normal, provenance
+from .density import FlowChain, check_batch, check_context, flow_log_prob, log_standard_normal, provenance, save_figure
 
-# %% ../nbs/02_planar_radial.ipynb #4a510a20
+# %% ../nbs/02_planar_radial.ipynb #c92048cf
 def _check_unused_context(h: torch.Tensor | None, batch: int) -> None:
     "Accept and ignore a context `h` (a chain passes it to every layer), but reject a malformed one."
     if h is not None: check_context(h, batch, check_batch(h, name="h")[1])
 
-# %% ../nbs/02_planar_radial.ipynb #9acfd19c
+# %% ../nbs/02_planar_radial.ipynb #a7e4d726
 def planar_u_hat(u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "û = u + (m(wᵀu) - wᵀu) w/‖w‖², m(a) = -1 + softplus(a), and the margin 1 + wᵀû = softplus(wᵀu) > 0: `[D], [D] -> (û [D], margin [])` (Eq. 5)."
     w_dot_u = w @ u
@@ -38,7 +38,7 @@ def planar_u_hat(u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.
     w_norm_sq = (w @ w).clamp_min(torch.finfo(w.dtype).tiny)    # ‖w‖ SQUARED; w = 0 gives û = u
     return u + (margin - 1 - w_dot_u) * w / w_norm_sq, margin
 
-# %% ../nbs/02_planar_radial.ipynb #1ae19d22
+# %% ../nbs/02_planar_radial.ipynb #8a5154e1
 class PlanarFlow(nn.Module):
     "Planar flow f(z) = z + û tanh(wᵀz + b): `z: [B, D] -> (z_new [B, D], log_det [B])` (Eqs. 1, 3, 5)."
     def __init__(self, dim: int):
@@ -57,7 +57,7 @@ class PlanarFlow(nn.Module):
         log_det = torch.log(t**2 + (1 - t**2) * margin)        # log(1 + ûᵀψ), positive by construction
         return z + t[:, None] * u_hat, log_det
 
-# %% ../nbs/02_planar_radial.ipynb #891b66f3
+# %% ../nbs/02_planar_radial.ipynb #77e3573c
 @patch
 @torch.no_grad()
 def inverse(self: PlanarFlow, y: torch.Tensor, h: torch.Tensor | None = None, n_iter: int = 64) -> torch.Tensor:
@@ -73,7 +73,7 @@ def inverse(self: PlanarFlow, y: torch.Tensor, h: torch.Tensor | None = None, n_
         lo, hi = torch.where(above, lo, mid), torch.where(above, mid, hi)
     return y - torch.tanh((lo + hi) / 2)[:, None] * u_hat
 
-# %% ../nbs/02_planar_radial.ipynb #cd390a1a
+# %% ../nbs/02_planar_radial.ipynb #ab94b9f5
 def radial_alpha_beta(alpha_raw: torch.Tensor, beta_raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "α = softplus(α̃) + 10⁻⁶ > 0 and β = -α + softplus(β̃) ≥ -α from unconstrained parameters (Eq. 9)."
     alpha = F.softplus(alpha_raw) + 1e-6                       # α_min = 1e-6: softplus alone underflows to 0
@@ -99,7 +99,7 @@ class RadialFlow(nn.Module):
         log_det = (D - 1) * torch.log1p(beta_eta) + torch.log1p(beta_eta * alpha / (alpha + r))   # Eq. 8, 2nd factor as 1 + αβη²
         return z + beta_eta[:, None] * diff, log_det
 
-# %% ../nbs/02_planar_radial.ipynb #fea663e3
+# %% ../nbs/02_planar_radial.ipynb #256f9863
 @patch
 @torch.no_grad()
 def inverse(self: RadialFlow, y: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
@@ -113,7 +113,7 @@ def inverse(self: RadialFlow, y: torch.Tensor, h: torch.Tensor | None = None) ->
     r = torch.where(q > 0, 2 * alpha * r_new / (q + root), (root - q) / 2)
     return self.z0 + (y - self.z0) / (1 + beta / (alpha + r))[:, None]
 
-# %% ../nbs/02_planar_radial.ipynb #93d1eef7
+# %% ../nbs/02_planar_radial.ipynb #1c132197
 class AdditiveCoupling(nn.Module):
     "NICE additive coupling (z_a, z_b) -> (z_a, z_b + m(z_a)), log-det 0: `z: [B, D] -> (z_new [B, D], log_det [B])` (Eq. 11)."
     def __init__(self, dim: int, hidden: int = 64, flip: bool = False):
@@ -143,7 +143,7 @@ class AdditiveCoupling(nn.Module):
         y_a, y_b = self._split(y)
         return self._merge(y_a, y_b - self.m(y_a))
 
-# %% ../nbs/02_planar_radial.ipynb #7ca2a068
+# %% ../nbs/02_planar_radial.ipynb #04f13128
 def _w1(z): return torch.sin(math.pi * z[:, 0] / 2)
 def _w2(z): return 3 * torch.exp(-0.5 * ((z[:, 0] - 1) / 0.6) ** 2)
 def _w3(z): return 3 * torch.sigmoid((z[:, 0] - 1) / 0.3)
@@ -173,14 +173,14 @@ def U4(z: torch.Tensor) -> torch.Tensor:
 
 ENERGIES = {"U1": U1, "U2": U2, "U3": U3, "U4": U4}
 
-# %% ../nbs/02_planar_radial.ipynb #4b4fd306
+# %% ../nbs/02_planar_radial.ipynb #7eee3271
 def log_partition(energy, half_width: float = 7.0, n: int = 1401) -> float:
     "log Z = log ∫ exp(-U(z)) dz by a Riemann sum on an n×n grid over [-half_width, half_width]²."
     axis = torch.linspace(-half_width, half_width, n, dtype=torch.float64)
     grid = torch.cartesian_prod(axis, axis)                    # [n*n, 2]
     return (torch.logsumexp(-energy(grid), 0) + 2 * torch.log(axis[1] - axis[0])).item()
 
-# %% ../nbs/02_planar_radial.ipynb #73823511
+# %% ../nbs/02_planar_radial.ipynb #091c15c8
 def annealed_beta(t: int, n_warmup: int) -> float:
     "Inverse temperature β_t = min(1, 0.01 + t/n_warmup) for the energy term; n_warmup = 0 means no warm-up, β = 1 (Eq. 14)."
     if n_warmup < 0: raise ValueError(f"n_warmup must be >= 0, got {n_warmup}")
@@ -193,7 +193,7 @@ def sample_flow(flow: nn.Module, n: int, dim: int = 2, generator: torch.Generato
     z_K, log_det = flow(z0)
     return z_K, flow_log_prob(log_standard_normal(z0), log_det)
 
-# %% ../nbs/02_planar_radial.ipynb #1ab11791
+# %% ../nbs/02_planar_radial.ipynb #3b498e9c
 @contextmanager
 def _num_threads(n: int | None):
     "Run a block with `n` intra-op threads (None: leave as is), restoring the previous number afterwards."
@@ -225,7 +225,7 @@ def reverse_kl(flow: nn.Module, energy, log_Z: float = 0.0, n: int = 100_000, di
     terms = (log_q + energy(z_K)).double() + log_Z
     return terms.mean().item(), (terms.std() / math.sqrt(n)).item()
 
-# %% ../nbs/02_planar_radial.ipynb #75e0213b
+# %% ../nbs/02_planar_radial.ipynb #b062cdc3
 @torch.no_grad()
 def flow_log_density(flow: FlowChain, z: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
     "Exact log q_K(z | h) at given points, by inverting each layer, then re-running the chain: `[N, D] -> [N]` (Eq. 5 of chapter 00)."
@@ -239,7 +239,7 @@ def make_flow(kind: str, K: int, dim: int = 2) -> FlowChain:
     if kind not in layers: raise ValueError(f"unknown flow kind {kind!r}; use one of {list(layers)}")
     return FlowChain(*[layers[kind](dim) for _ in range(K)])
 
-# %% ../nbs/02_planar_radial.ipynb #9a7585f3
+# %% ../nbs/02_planar_radial.ipynb #e861a20e
 def _grid(half_width: float, n: int) -> torch.Tensor:
     axis = torch.linspace(-half_width, half_width, n, dtype=torch.float64)
     z2, z1 = torch.meshgrid(axis, axis, indexing="ij")          # rows = z2, columns = z1
@@ -252,7 +252,7 @@ def plot_density(ax, log_density, title: str = "", half_width: float = 4.0, n: i
     ax.set_title(title, fontsize=9); ax.set_xticks([]); ax.set_yticks([])
     return image
 
-# %% ../nbs/02_planar_radial.ipynb #c440b8ab
+# %% ../nbs/02_planar_radial.ipynb #3850d768
 FIT_COLUMNS = (("planar", 2), ("planar", 8), ("planar", 32), ("radial", 32))   # R&M Fig. 3 plus a radial column
 
 def plot_energy_fits(flows: dict, kls: dict, log_Z: dict, n: int = 200):
@@ -273,7 +273,7 @@ def plot_energy_fits(flows: dict, kls: dict, log_Z: dict, n: int = 200):
     fig.suptitle("Reverse-KL fits of planar and radial flows to R&M's energies on $[-4, 4]^2$ (cf. R&M Fig. 3)", y=0.995)
     return fig
 
-# %% ../nbs/02_planar_radial.ipynb #1314c28b
+# %% ../nbs/02_planar_radial.ipynb #f558ef79
 def fit_energy_grid(n_iter: int = 2500, batch: int = 256, lr: float = 1e-2, seed: int = 0, n_kl: int = 100_000, progress: bool = True):
     "Fit every (energy, flow) cell of the figure; return `(flows, rows)`, rows being the KL table with provenance and, for planar flows, the smallest margin 1 + wᵀû over the layers."
     flows, rows = {}, []
@@ -304,7 +304,7 @@ def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
         fig = plot_energy_fits(flows, kls, {r["energy"]: r["log_Z"] for r in rows}, n=60 if quick else 200)
     png, table = out_dir / "planar_radial_energy_fits.png", out_dir / "tables" / "planar_radial_energy_kl.csv"
     table.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=130, bbox_inches="tight"); plt.close(fig)
+    save_figure(fig, png)
     with open(table, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0])); writer.writeheader(); writer.writerows(rows)
     return [png, table]

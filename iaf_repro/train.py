@@ -7,7 +7,7 @@ __all__ = ['CHECKPOINT_FORMAT', 'METRIC_COLUMNS', 'MLPVAE', 'demo_data', 'bound_
            'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'TrainConfig', 'seeded', 'model_device', 'validate',
            'NonFiniteLossError', 'resolve_device', 'train', 'load_ema_model', 'plot_ema_vs_raw', 'make_figures']
 
-# %% ../nbs/07_train.ipynb #7ddcec3e
+# %% ../nbs/07_train.ipynb #aa5905c1
 import copy
 import itertools
 import math
@@ -25,10 +25,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import BinarizedMNIST, evenly_spaced, load_mnist
+from .density import save_figure
 from .elbo import _positive_int, elbo, log_importance_weights
 from .vae import VAE, VAEConfig, make_posterior, toy_images
 
-# %% ../nbs/07_train.ipynb #59e72df4
+# %% ../nbs/07_train.ipynb #b0910246
 class _MLPEncoder(nn.Module):
     "One hidden ELU layer, then linear heads: `x [B, 1, 28, 28] -> (mu [B, D], log_sigma [B, D], h [B, C] or None)`."
     def __init__(self, latent_dim: int, context_dim: int, hidden: int):
@@ -50,7 +51,7 @@ class MLPVAE(VAE):
         self.encoder = _MLPEncoder(config.latent_dim, self.posterior.context_dim, hidden)
         self.decoder = nn.Sequential(nn.Linear(config.latent_dim, hidden), nn.ELU(), nn.Linear(hidden, 784), nn.Unflatten(1, (1, 28, 28)))
 
-# %% ../nbs/07_train.ipynb #8b723fb6
+# %% ../nbs/07_train.ipynb #84305438
 def demo_data(n_train: int = 2000, n_valid: int = 500, n_test: int = 500, synthetic: bool | None = None) -> BinarizedMNIST:
     "A small static MNIST (images evenly spaced through each split), or chapter 06's crosses if `synthetic` (None: if the data folder is missing)."
     if not synthetic:
@@ -63,20 +64,20 @@ def demo_data(n_train: int = 2000, n_valid: int = 500, n_test: int = 500, synthe
     g = torch.Generator().manual_seed(0)
     return BinarizedMNIST("synthetic crosses", toy_images(n_train, g), toy_images(n_valid, g), toy_images(n_test, g))
 
-# %% ../nbs/07_train.ipynb #4d29a3f6
+# %% ../nbs/07_train.ipynb #3b21b9a8
 def bound_terms(terms) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     "Per-image VLB, reconstruction E log p(x|z) and KL estimate, means over the k samples: `Terms [k, B] -> 3 x [B]` (Eq. 2)."
     log_w = log_importance_weights(terms.log_px_z, terms.log_pz, terms.log_qz)          # [k, B]
     return elbo(log_w), terms.log_px_z.mean(0), (terms.log_qz - terms.log_pz).mean(0)
 
-# %% ../nbs/07_train.ipynb #8d2b2081
+# %% ../nbs/07_train.ipynb #6851e20a
 def free_bits_objective(recon: torch.Tensor, kl: torch.Tensor, free_bits: float = 0.0) -> torch.Tensor:
     "Batch objective mean(recon) - max(lambda, mean(kl)), the plain VLB when lambda = 0: `[B], [B] -> []` (Eq. 3; IAF App. C)."
     if not free_bits >= 0: raise ValueError(f"free_bits must be >= 0 nats, got {free_bits}")
     kl_term = kl.mean() if free_bits == 0 else torch.clamp(kl.mean(), min=free_bits)
     return recon.mean() - kl_term
 
-# %% ../nbs/07_train.ipynb #0397c007
+# %% ../nbs/07_train.ipynb #a5a1afe1
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     "theta_ema <- decay * theta_ema + (1 - decay) * theta for every parameter, in place; buffers copied (Eq. 5; openai/iaf)."
@@ -86,7 +87,7 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     for name, p in params.items(): ema_params[name].lerp_(p, 1 - decay)
     for ema_buffer, buffer in zip(ema.buffers(), model.buffers()): ema_buffer.copy_(buffer)
 
-# %% ../nbs/07_train.ipynb #0482594c
+# %% ../nbs/07_train.ipynb #4a93c71f
 CHECKPOINT_FORMAT = "iaf-repro-train-v1"
 
 class CheckpointError(RuntimeError):
@@ -120,7 +121,7 @@ def load_checkpoint(path: Path, device="cpu") -> dict:
                               f"(expected format {CHECKPOINT_FORMAT!r}); it was left untouched.")
     return state
 
-# %% ../nbs/07_train.ipynb #e8c63749
+# %% ../nbs/07_train.ipynb #a1efb825
 @dataclass(frozen=True)
 class TrainConfig:
     "Settings of one training run (optimizer, averaging, free bits, schedule, budget knobs); see field comments for sources."
@@ -149,7 +150,7 @@ class TrainConfig:
         if not 0 < self.lr_factor < 1: raise ValueError(f"lr_factor must lie in (0, 1), got {self.lr_factor}")
         if not self.free_bits >= 0: raise ValueError(f"free_bits must be >= 0 nats, got {self.free_bits}")
 
-# %% ../nbs/07_train.ipynb #aac29937
+# %% ../nbs/07_train.ipynb #28aaf718
 @contextmanager
 def seeded(seed: int):
     "Run a block with the global torch RNGs (CPU and CUDA) seeded, then restore the caller's RNG state."
@@ -169,7 +170,7 @@ def validate(model: nn.Module, images: torch.Tensor, batch_size: int = 100, seed
         sums = [torch.stack([t.sum() for t in bound_terms(model(x.to(device), 1))]) for x in images.split(batch_size)]
     return torch.stack(sums).sum(0) / len(images)
 
-# %% ../nbs/07_train.ipynb #39d7725f
+# %% ../nbs/07_train.ipynb #908c2c45
 def _train_epoch(model, step_model, ema, batches, optimizer, config, bar) -> tuple[torch.Tensor, torch.Tensor, int]:
     "One pass over `batches`: per-step losses `[S]`, summed (VLB, recon, KL) `[3]` and the image count, all left on the device."
     model.train()
@@ -189,7 +190,7 @@ def _train_epoch(model, step_model, ema, batches, optimizer, config, bar) -> tup
     if not losses: raise ValueError(f"no training batch: the train split has fewer images than batch_size = {config.batch_size}")
     return torch.stack(losses), torch.stack(sums).sum(0), n
 
-# %% ../nbs/07_train.ipynb #f2c15756
+# %% ../nbs/07_train.ipynb #91bd997a
 class NonFiniteLossError(FloatingPointError):
     "Training met a NaN or infinite loss; the message names the epoch and step, and the last good checkpoint (left untouched)."
     def __init__(self, what: str, epoch: int, step: int | None, checkpoint: Path, last_good_epoch: int):
@@ -205,7 +206,7 @@ def _check_finite(losses: list[float], epoch: int, checkpoint: Path, last_good_e
     bad = next((i for i, loss in enumerate(losses) if not math.isfinite(loss)), None)
     if bad is not None: raise NonFiniteLossError("training loss", epoch, bad + 1, checkpoint, last_good_epoch)
 
-# %% ../nbs/07_train.ipynb #ef83ce65
+# %% ../nbs/07_train.ipynb #e5dfd0c5
 _RESUMABLE = {"epochs", "compile"}                # config fields a resumed run may change (more epochs; compile on/off)
 
 def _check_same_shapes(saved: dict, current: dict, what: str, path: Path) -> None:
@@ -241,7 +242,7 @@ def _restore(path, model, ema, optimizer, scheduler, generator, config) -> dict:
     if "cuda" in state["rng"]: torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), generator.device)
     return state["run"]
 
-# %% ../nbs/07_train.ipynb #ef8d77cc
+# %% ../nbs/07_train.ipynb #ddfc6991
 METRIC_COLUMNS = ["epoch", "steps", "train_vlb", "train_recon", "train_kl", "valid_vlb", "valid_recon", "valid_kl", "lr", "seconds"]
 
 def resolve_device(device="auto") -> torch.device:
@@ -255,7 +256,7 @@ def _write_metrics(rows: list[dict], run_dir: Path) -> pd.DataFrame:
     frame.to_csv(tmp, index=False); os.replace(tmp, run_dir / "metrics.csv")
     return frame
 
-# %% ../nbs/07_train.ipynb #fb728aa2
+# %% ../nbs/07_train.ipynb #99053d8b
 def _end_epoch(run: dict, row: dict, config: TrainConfig) -> bool:
     "Record an epoch's metrics and update best / patience / stop; return whether the validation VLB improved."
     run["rows"].append(row)
@@ -271,7 +272,7 @@ def _epoch_row(epoch, run, train_means, valid_means, lr, seconds) -> dict:
     return dict(epoch=epoch, steps=run["steps"], **{f"train_{k}": v for k, v in zip(("vlb", "recon", "kl"), train_means)},
                 **{f"valid_{k}": v for k, v in zip(("vlb", "recon", "kl"), valid_means)}, lr=lr, seconds=seconds)
 
-# %% ../nbs/07_train.ipynb #bdc2fe31
+# %% ../nbs/07_train.ipynb #df5a373d
 def train(model: nn.Module, data: BinarizedMNIST, config: TrainConfig, run_dir: Path, device="cpu",
           progress: bool = True, resume: bool = True) -> pd.DataFrame:
     "Train `model` in place on `data` (resuming `run_dir` if it holds a checkpoint); return the per-epoch metrics."
@@ -316,7 +317,7 @@ def train(model: nn.Module, data: BinarizedMNIST, config: TrainConfig, run_dir: 
         if run["stopped"]: break
     return _write_metrics(run["rows"], run_dir)
 
-# %% ../nbs/07_train.ipynb #03afb5b6
+# %% ../nbs/07_train.ipynb #a0a111f7
 def load_ema_model(model: nn.Module, run_dir: Path, which: str = "best") -> nn.Module:
     "A copy of `model` holding the averaged weights of the best validation epoch (`best.pt`) or the last one (`checkpoint.pt`)."
     if which not in ("best", "last"): raise ValueError(f"which must be 'best' or 'last', got {which!r}")
@@ -327,7 +328,7 @@ def load_ema_model(model: nn.Module, run_dir: Path, which: str = "best") -> nn.M
     ema.load_state_dict(state["ema"])
     return ema.eval().requires_grad_(False)
 
-# %% ../nbs/07_train.ipynb #f2bce824
+# %% ../nbs/07_train.ipynb #de691e03
 def plot_ema_vs_raw(epochs: list[int], raw: list[float], averaged: list[float], decay: float):
     "Validation VLB per epoch of the raw weights and of their moving average (left), and the average's advantage (right) (Eq. 5)."
     fig, (ax, ax_diff) = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
@@ -345,7 +346,7 @@ def plot_ema_vs_raw(epochs: list[int], raw: list[float], averaged: list[float], 
     fig.suptitle("Raw vs averaged weights, MLP VAE on static MNIST")
     return fig
 
-# %% ../nbs/07_train.ipynb #90d0123c
+# %% ../nbs/07_train.ipynb #1f4f443e
 def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
     "Render this chapter's figure (validation VLB of raw vs averaged weights per epoch) into `out_dir`."
     data, epochs = (demo_data(512, 128, 128, synthetic=True), 2) if quick else (load_mnist("static"), 30)
@@ -359,7 +360,5 @@ def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
             averaged.append(train(model, data, config, Path(tmp), progress=not quick).valid_vlb.iloc[-1])
             raw.append(validate(model.eval(), valid, seed=config.seed)[0].item())
     fig = plot_ema_vs_raw(list(range(1, epochs + 1)), raw, averaged, config.ema_decay)
-    path = Path(out_dir) / "train_ema_vs_raw.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130, bbox_inches="tight"); plt.close(fig)
+    path = save_figure(fig, Path(out_dir) / "train_ema_vs_raw.png")
     return [path]
