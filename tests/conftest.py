@@ -1,10 +1,15 @@
 """Shared pytest settings: a modest hypothesis profile, and one torch thread for the whole suite."""
+import os
+
 import pytest
 import torch
 from hypothesis import settings
 
+# Local runs draw fresh examples each time (and keep failures in .hypothesis/); CI (CI=true) draws the same
+# examples every run, so a submission's result does not depend on the luck of the draw.
 settings.register_profile("iaf_repro", max_examples=25, deadline=None)
-settings.load_profile("iaf_repro")
+settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True, database=None)
+settings.load_profile("ci" if os.environ.get("CI") else "iaf_repro")
 
 
 @pytest.fixture(autouse=True, scope="session")
