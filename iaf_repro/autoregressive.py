@@ -7,7 +7,7 @@ __all__ = ['DiagonalGaussian', 'iaf_sample', 'iaf_log_prob_of', 'maf_log_prob', 
            'plot_costs', 'mixture_target', 'kl_estimate', 'fit_maf_forward_kl', 'fit_iaf_reverse_kl', 'fit_both',
            'kl_both_ways', 'plot_kl_fits', 'inverse_map', 'pullback_log_prob', 'make_figures']
 
-# %% ../nbs/04b_maf_vs_iaf.ipynb #bead137d
+# %% ../nbs/04b_maf_vs_iaf.ipynb #d33a9408
 import math
 import statistics
 import time
@@ -22,11 +22,11 @@ import torch.distributions as td
 from torch import nn
 from tqdm.auto import tqdm
 
-from .density import autograd_log_det, check_batch, flow_log_prob, log_normal_diag, provenance, save_figure
+from .density import autograd_log_det, check_batch, flow_log_prob, log_normal_diag, provenance, save_figure, seeded
 from .iaf import IAF, iaf_log_q
 from .made import MADE
 
-# %% ../nbs/04b_maf_vs_iaf.ipynb #6263f31b
+# %% ../nbs/04b_maf_vs_iaf.ipynb #dc8ecf0d
 class DiagonalGaussian(nn.Module):
     "Learnable base density N(mu, diag sigma0^2) over `D` dims, sampled as z0 = mu + sigma0 ⊙ eps (IAF Eq. 9)."
     def __init__(self, D: int):
@@ -49,7 +49,7 @@ def _base(flow: nn.Module, base: DiagonalGaussian | None) -> DiagonalGaussian:
     p = next(flow.parameters())
     return DiagonalGaussian(flow.D).to(dtype=p.dtype, device=p.device).requires_grad_(False)
 
-# %% ../nbs/04b_maf_vs_iaf.ipynb #5c8d61d6
+# %% ../nbs/04b_maf_vs_iaf.ipynb #fefc9a9d
 def iaf_sample(flow: IAF, n: int, h: torch.Tensor | None = None, base: DiagonalGaussian | None = None,
                generator: torch.Generator | None = None):
     "IAF sampling, one parallel pass per step, with the sample's own density: `-> (x [n, D], log_q [n])` (IAF Eq. 9-11)."
@@ -66,7 +66,7 @@ def iaf_log_prob_of(flow: IAF, x: torch.Tensor, h: torch.Tensor | None = None,
     _, log_det = flow(u, h)
     return flow_log_prob(_base(flow, base).log_prob(u), log_det)
 
-# %% ../nbs/04b_maf_vs_iaf.ipynb #1ae45e5f
+# %% ../nbs/04b_maf_vs_iaf.ipynb #d98a4f05
 def maf_log_prob(flow: IAF, x: torch.Tensor, h: torch.Tensor | None = None,
                  base: DiagonalGaussian | None = None) -> torch.Tensor:
     "MAF density of any `x [B, D] -> log q(x) [B]`: u = F(x) in one parallel pass per step, log π(u) + log-det (Eq. 5)."
@@ -80,7 +80,7 @@ def maf_sample(flow: IAF, n: int, h: torch.Tensor | None = None, base: DiagonalG
     u, _ = _base(flow, base).sample(n, generator)
     return flow.inverse(u, h)
 
-# %% ../nbs/04b_maf_vs_iaf.ipynb #1165c370
+# %% ../nbs/04b_maf_vs_iaf.ipynb #0dddc46c
 def count_made_passes(flow: nn.Module, operation) -> tuple[object, int]:
     "Run `operation()` and count the MADE forward passes made inside `flow`: `-> (result, passes)`."
     passes = 0
@@ -101,7 +101,7 @@ def _operations(flow: IAF, x: torch.Tensor) -> dict:
             "MAF sample": lambda: maf_sample(flow, len(x)),
             "IAF density of x": lambda: iaf_log_prob_of(flow, x)}
 
-# %% ../nbs/04b_maf_vs_iaf.ipynb #e2eaae7e
+# %% ../nbs/04b_maf_vs_iaf.ipynb #ca2c0031
 @contextmanager
 def _num_threads(n: int | None):
     "Temporarily set torch's intra-op thread count (`None`: leave it as it is)."
@@ -121,7 +121,7 @@ def _median_seconds(operation, repeats: int = 7, warmup: int = 2) -> float:
         start = time.perf_counter(); operation(); times.append(time.perf_counter() - start)
     return statistics.median(times)
 
-# %% ../nbs/04b_maf_vs_iaf.ipynb #f223363a
+# %% ../nbs/04b_maf_vs_iaf.ipynb #46f8189f
 def time_costs(dims: list[int], batch: int = 64, hidden_sizes: tuple[int, ...] = (320, 320), depth: int = 2,
                repeats: int = 7, threads: int | None = 1, seed: int = 0, progress: bool = True) -> pd.DataFrame:
     "Time the four operations on one random IAF per D: one row per (D, operation), with MADE passes and provenance."
@@ -137,7 +137,7 @@ def time_costs(dims: list[int], batch: int = 64, hidden_sizes: tuple[int, ...] =
     setup = dict(batch=batch, hidden_sizes="x".join(map(str, hidden_sizes)), depth=depth, repeats=repeats)
     return pd.DataFrame(rows).assign(**setup, **made_by)
 
-# %% ../nbs/04b_maf_vs_iaf.ipynb #bed59495
+# %% ../nbs/04b_maf_vs_iaf.ipynb #31208e8b
 _STYLE = {"MAF density": ("C0", "-", "o"), "IAF sample": ("C0", "--", "s"),        # blue: one pass per step
           "MAF sample": ("C3", "-", "o"), "IAF density of x": ("C3", "--", "s")}   # red: D passes per step
 
@@ -158,7 +158,7 @@ def plot_costs(costs: pd.DataFrame):
     fig.suptitle("One IAF module used both ways: MAF density = IAF sample (parallel), MAF sample ≈ IAF density of x (sequential)")
     return fig
 
-# %% ../nbs/04b_maf_vs_iaf.ipynb #138c9d97
+# %% ../nbs/04b_maf_vs_iaf.ipynb #c2d35cd7
 def mixture_target(radius: float = 3.0, std: float = 0.4, weights: tuple[float, ...] = (0.4, 0.3, 0.3),
                    dtype: torch.dtype = torch.float32) -> td.MixtureSameFamily:
     "Well-separated isotropic Gaussians evenly spaced on a circle in 2-D, with `.sample` and normalised `.log_prob`."
@@ -173,7 +173,7 @@ def kl_estimate(log_a: torch.Tensor, log_b: torch.Tensor) -> tuple[float, float]
     diff = log_a - log_b
     return diff.mean().item(), (diff.std() / math.sqrt(len(diff))).item()
 
-# %% ../nbs/04b_maf_vs_iaf.ipynb #56287c73
+# %% ../nbs/04b_maf_vs_iaf.ipynb #63a6b94a
 def _fit(params, loss_fn, steps: int, lr: float, progress: bool, desc: str) -> list[float]:
     "Adam on `loss_fn()` for `steps` steps; return the loss history."
     optimizer = torch.optim.Adam(params, lr=lr)
@@ -198,7 +198,7 @@ def fit_iaf_reverse_kl(flow: IAF, base: DiagonalGaussian, log_p, steps: int = 30
         return (log_q - log_p(x)).mean()
     return _fit([*flow.parameters(), *base.parameters()], loss, steps, lr, progress, "IAF, reverse KL")
 
-# %% ../nbs/04b_maf_vs_iaf.ipynb #1b0ff572
+# %% ../nbs/04b_maf_vs_iaf.ipynb #f50995de
 _FIT_QUICK = dict(depth=2, hidden_sizes=(32, 32), steps=600, lr=1e-2)    # seconds: the notebook's fits
 _FIT_FULL = dict(depth=4, hidden_sizes=(64, 64), steps=3000, lr=3e-3)     # the committed figure (make_figures)
 
@@ -214,7 +214,7 @@ def fit_both(target: td.Distribution, depth: int, hidden_sizes: tuple[int, ...],
         fits.append((flow, base))
     return tuple(fits)
 
-# %% ../nbs/04b_maf_vs_iaf.ipynb #9d9c9eaa
+# %% ../nbs/04b_maf_vs_iaf.ipynb #aff6440f
 def kl_both_ways(flow: IAF, base: DiagonalGaussian, role: str, target: td.Distribution, n: int = 20_000,
                  seed: int = 0) -> dict[str, tuple[float, float]]:
     "KL(p‖q) and KL(q‖p) as `(mean, standard error)` for `flow` used as a `'maf'` or an `'iaf'`, seeded by `seed` (Eq. 6-7)."
@@ -222,14 +222,13 @@ def kl_both_ways(flow: IAF, base: DiagonalGaussian, role: str, target: td.Distri
     log_q = maf_log_prob if role == "maf" else iaf_log_prob_of
     g = torch.Generator().manual_seed(seed)                                   # draws of q: our own generator
     with torch.no_grad():
-        with torch.random.fork_rng(devices=[]):                               # draws of p: `.sample` takes no generator,
-            torch.manual_seed(seed)                                           # so seed a copy of the global RNG and restore it
+        with seeded(seed):                                                    # draws of p: `.sample` takes no generator
             x_p = target.sample((n,))
         x_q = maf_sample(flow, n, base=base, generator=g) if role == "maf" else iaf_sample(flow, n, base=base, generator=g)[0]
         return dict(forward=kl_estimate(target.log_prob(x_p), log_q(flow, x_p, base=base)),
                     reverse=kl_estimate(log_q(flow, x_q, base=base), target.log_prob(x_q)))
 
-# %% ../nbs/04b_maf_vs_iaf.ipynb #75871896
+# %% ../nbs/04b_maf_vs_iaf.ipynb #2546bbeb
 def _pixel_density(log_prob, lim: float, n_grid: int, supersample: int, pixel_rows: int = 8) -> torch.Tensor:
     "Mean density over each pixel of an `n_grid`² image of [-lim, lim]², from `supersample`² points per pixel: `-> [n_grid, n_grid]`."
     width = 2 * lim / n_grid
@@ -262,7 +261,7 @@ def plot_kl_fits(target: td.Distribution, maf: tuple, iaf: tuple, lim: float = 4
     fig.suptitle("Forward KL covers every mode (and bridges them); reverse KL seeks modes (and may drop some)")
     return fig
 
-# %% ../nbs/04b_maf_vs_iaf.ipynb #a6106f61
+# %% ../nbs/04b_maf_vs_iaf.ipynb #e6d52677
 def inverse_map(flow: IAF):
     "The sequential inverse as a flow-contract callable: `u [B, D], h -> (x = F⁻¹(u) [B, D], log|det dx/du| [B])`."
     def inverse(u: torch.Tensor, h: torch.Tensor | None = None):
@@ -274,7 +273,7 @@ def pullback_log_prob(log_p, T, u: torch.Tensor, h: torch.Tensor | None = None) 
     "log p_u(u) = log p_x(T(u)) + log|det dT/du| with an autograd Jacobian; T: `(u, h) -> (x, _)`: `[B, D] -> [B]` (Eq. 9)."
     return log_p(T(u, h)[0]) + autograd_log_det(T, u, h)
 
-# %% ../nbs/04b_maf_vs_iaf.ipynb #e54af980
+# %% ../nbs/04b_maf_vs_iaf.ipynb #569881fe
 def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
     "Render the cost plot, its CSV table (`tables/`) and the forward-vs-reverse-KL fits into `out_dir`."
     out_dir = Path(out_dir)

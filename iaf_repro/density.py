@@ -4,15 +4,16 @@
 
 # %% auto #0
 __all__ = ['LOG_2PI', 'check_batch', 'check_context', 'check_broadcast', 'log_normal_diag', 'log_standard_normal',
-           'plot_change_of_variables_1d', 'autograd_log_det', 'FlowChain', 'flow_log_prob', 'provenance', 'save_figure',
-           'make_figures']
+           'plot_change_of_variables_1d', 'autograd_log_det', 'FlowChain', 'flow_log_prob', 'provenance', 'seeded',
+           'save_figure', 'make_figures']
 
-# %% ../nbs/00_change_of_variables.ipynb #f9d7d37c
+# %% ../nbs/00_change_of_variables.ipynb #bdeedd25
 import math
 import os
 import platform
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -22,7 +23,7 @@ from torch import nn
 
 import iaf_repro
 
-# %% ../nbs/00_change_of_variables.ipynb #d471dfb7
+# %% ../nbs/00_change_of_variables.ipynb #faf1215e
 def check_batch(z: torch.Tensor, dim: int | None = None, name: str = "z") -> tuple[int, int]:
     "Check that `z` is a float batch `[B, D]` (with `D == dim` when given); return `(B, D)`."
     if not isinstance(z, torch.Tensor): raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
@@ -46,7 +47,7 @@ def check_broadcast(t: torch.Tensor, target: torch.Tensor, name: str, target_nam
     except RuntimeError: ok = False
     if not ok: raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to {target_name} of shape {tuple(target.shape)}")
 
-# %% ../nbs/00_change_of_variables.ipynb #c475ae0c
+# %% ../nbs/00_change_of_variables.ipynb #8678ae48
 LOG_2PI = math.log(2 * math.pi)
 
 def log_normal_diag(z: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
@@ -61,7 +62,7 @@ def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
     check_batch(z)
     return -0.5 * (z**2 + LOG_2PI).sum(-1)
 
-# %% ../nbs/00_change_of_variables.ipynb #fa8e0eae
+# %% ../nbs/00_change_of_variables.ipynb #578b5500
 def _cubic(x): return x**3 / 3 + x
 
 def _cubic_inverse(y):
@@ -79,7 +80,7 @@ def _cubic_naive_log_density(y):
     "The wrong answer that forgets the Jacobian: log N(H^{-1}(y); 0, 1)."
     return log_standard_normal(_cubic_inverse(y)[:, None])
 
-# %% ../nbs/00_change_of_variables.ipynb #13a5b0fb
+# %% ../nbs/00_change_of_variables.ipynb #87cda215
 def plot_change_of_variables_1d(samples, log_density, naive_log_density, xlim=(-4, 4), ax=None):
     "Histogram of pushed-forward `samples` against the change-of-variables density and a naive one."
     ax = ax or plt.subplots(figsize=(6.5, 3.8))[1]
@@ -94,7 +95,7 @@ def plot_change_of_variables_1d(samples, log_density, naive_log_density, xlim=(-
     ax.legend(frameon=False)
     return ax
 
-# %% ../nbs/00_change_of_variables.ipynb #f0fba1af
+# %% ../nbs/00_change_of_variables.ipynb #e853ac21
 def autograd_log_det(layer, z: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
     "Reference log|det dz_new/dz| for each row of `z`, from the full autograd Jacobian: `[B, D] -> [B]`."
     check_batch(z)
@@ -107,7 +108,7 @@ def autograd_log_det(layer, z: torch.Tensor, h: torch.Tensor | None = None) -> t
         rows.append(torch.linalg.slogdet(jac).logabsdet)
     return torch.stack(rows)
 
-# %% ../nbs/00_change_of_variables.ipynb #42a7f2dc
+# %% ../nbs/00_change_of_variables.ipynb #05803f77
 class FlowChain(nn.Module):
     "Compose flow layers: `(z [B, D], h) -> (z_K [B, D], sum_k log|det df_k/dz_{k-1}| [B])` (R&M Eq. 7)."
     def __init__(self, *layers: nn.Module):
@@ -131,7 +132,7 @@ def flow_log_prob(log_q0: torch.Tensor, log_det: torch.Tensor) -> torch.Tensor:
     "log q_K(z_K) from the base log-density of z_0 and the chain's summed log-det: `[B], [B] -> [B]` (Eq. 5)."
     return log_q0 - log_det
 
-# %% ../nbs/00_change_of_variables.ipynb #dd823602
+# %% ../nbs/00_change_of_variables.ipynb #5cba045c
 def _git(*args) -> str:
     "Output of a git command run in the package's checkout ('' when git or the checkout is missing)."
     try: return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=Path(iaf_repro.__file__).parent).stdout.strip()
@@ -146,7 +147,15 @@ def provenance(device: torch.device | str = "cpu") -> dict:
                 device=name, threads=torch.get_num_threads(), torch=torch.__version__,
                 iaf_repro=iaf_repro.__version__, date=time.strftime("%Y-%m-%d %H:%M:%S"))
 
-# %% ../nbs/00_change_of_variables.ipynb #73abad39
+# %% ../nbs/00_change_of_variables.ipynb #5872f48c
+@contextmanager
+def seeded(seed: int):
+    "Run a block with the global torch RNGs (CPU and CUDA) seeded, then restore the caller's RNG state."
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
+
+# %% ../nbs/00_change_of_variables.ipynb #cc83a2d2
 def save_figure(fig, path: Path) -> Path:
     "Save a figure as a PNG (130 dpi, tight), creating its folder, and close it; every chapter's figures go through here."
     path = Path(path)

@@ -6,7 +6,7 @@
 __all__ = ['Evaluation', 'evaluate', 'summarize', 'log_px_by_k', 'bits_per_dim', 'plot_training_curves', 'plot_reconstructions',
            'plot_log_px_by_k', 'make_figures']
 
-# %% ../nbs/08_evaluate.ipynb #ee6cdbe3
+# %% ../nbs/08_evaluate.ipynb #945a6595
 import math
 import tempfile
 from pathlib import Path
@@ -21,11 +21,11 @@ from tqdm.auto import tqdm
 
 from .elbo import _positive_int, importance_sampled_log_px, iwae_bounds_by_k, log_importance_weights
 from .data import evenly_spaced, load_mnist
-from .density import save_figure
-from .train import MLPVAE, TrainConfig, bound_terms, demo_data, load_ema_model, model_device, seeded, train
+from .density import save_figure, seeded
+from .train import MLPVAE, TrainConfig, bound_terms, demo_data, load_ema_model, model_device, train
 from .vae import VAEConfig
 
-# %% ../nbs/08_evaluate.ipynb #b0e063f7
+# %% ../nbs/08_evaluate.ipynb #2b8d1705
 _COLUMNS = ["vlb", "log_px", "gap", "recon", "kl"]
 
 class Evaluation(NamedTuple):
@@ -49,7 +49,7 @@ def _draw_and_score(model: nn.Module, x: torch.Tensor, k: int, chunk: int):
     log_px = importance_sampled_log_px(draw_log_w, k, chunk)
     return log_px, type(drawn[0])(*map(torch.cat, zip(*drawn)))                                    # [k, B] each
 
-# %% ../nbs/08_evaluate.ipynb #b4c6d81f
+# %% ../nbs/08_evaluate.ipynb #19b72247
 def evaluate(model: nn.Module, images: torch.Tensor, k: int = 128, batch_size: int = 100, chunk: int = 16,
              seed: int = 0, progress: bool = True) -> Evaluation:
     "Per-image VLB and IS log p(x) from the same `k` samples, their gap, reconstruction and KL, with a summary (Eqs. 1-2)."
@@ -69,7 +69,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, k: int = 128, batch_size: i
     per_image = pd.DataFrame(torch.cat(rows).double().cpu().numpy(), columns=_COLUMNS)
     return Evaluation(per_image, summarize(per_image, k))
 
-# %% ../nbs/08_evaluate.ipynb #e45aee83
+# %% ../nbs/08_evaluate.ipynb #cd6226e3
 def summarize(per_image: pd.DataFrame, k: int) -> dict:
     "Mean and standard error s / sqrt(n) of each per-image column, with n and k: `{'n', 'k', 'vlb', 'vlb_se', ...}` (Eq. 3)."
     n = len(per_image)
@@ -80,7 +80,7 @@ def summarize(per_image: pd.DataFrame, k: int) -> dict:
         summary[f"{column}_se"] = float(per_image[column].std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
     return summary
 
-# %% ../nbs/08_evaluate.ipynb #9149e60e
+# %% ../nbs/08_evaluate.ipynb #74e62c7a
 def log_px_by_k(model: nn.Module, images: torch.Tensor, ks: list[int], batch_size: int = 100, chunk: int = 16,
                 seed: int = 0, progress: bool = True) -> pd.DataFrame:
     "Mean IS log p(x) for each K in `ks` from nested prefixes of one draw per image, and its shortfall from K = max(ks), with standard errors (Eq. 1)."
@@ -97,12 +97,12 @@ def log_px_by_k(model: nn.Module, images: torch.Tensor, ks: list[int], batch_siz
     return pd.DataFrame({"k": ks, "log_px": per_k.mean(1).numpy(), "log_px_se": se(per_k),
                          "shortfall": shortfall.mean(1).numpy(), "shortfall_se": se(shortfall)})
 
-# %% ../nbs/08_evaluate.ipynb #ebca7d00
+# %% ../nbs/08_evaluate.ipynb #0911abce
 def bits_per_dim(log_px_nats, num_dims: int):
     "Convert log p(x) in nats per image to bits per dimension, -log p(x) / (D ln 2)."
     return -log_px_nats / (_positive_int(num_dims, "num_dims") * math.log(2))
 
-# %% ../nbs/08_evaluate.ipynb #86537e02
+# %% ../nbs/08_evaluate.ipynb #846056ce
 def _metrics(run) -> pd.DataFrame:
     "A run's metrics: a frame as is, or `metrics.csv` read from a run folder or a CSV path."
     if isinstance(run, pd.DataFrame): return run
@@ -125,7 +125,7 @@ def plot_training_curves(runs: dict, title: str = "Training curves: the two term
     fig.suptitle(title)
     return fig
 
-# %% ../nbs/08_evaluate.ipynb #a2f1d1e9
+# %% ../nbs/08_evaluate.ipynb #7eb5b234
 def plot_reconstructions(models, images: torch.Tensor, n: int = 8, seed: int = 0,
                          title: str = "Test images, reconstructions and per-pixel errors"):
     "Originals, Bernoulli-mean reconstructions and |x - x_hat| maps of `n` images evenly spaced through `images [N, 1, H, W]`, for one model or a dict name -> model."
@@ -149,7 +149,7 @@ def plot_reconstructions(models, images: torch.Tensor, n: int = 8, seed: int = 0
     fig.suptitle(title)
     return fig
 
-# %% ../nbs/08_evaluate.ipynb #f0e34ac1
+# %% ../nbs/08_evaluate.ipynb #40a834c0
 def plot_log_px_by_k(curves: dict):
     "Mean IS log p(x) against K (left) and its shortfall from the largest K (right, paired +- 2 s.e.); `curves`: name -> `log_px_by_k` frame."
     fig, (ax, ax_short) = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
@@ -168,7 +168,7 @@ def plot_log_px_by_k(curves: dict):
     ax_short.set_yscale("symlog", linthresh=0.1)
     return fig
 
-# %% ../nbs/08_evaluate.ipynb #477d672f
+# %% ../nbs/08_evaluate.ipynb #20fa5af3
 def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
     "Render this chapter's figures (training curves, reconstructions with error maps, log p(x) vs K) into `out_dir`."
     data = demo_data(512, 128, 128, synthetic=True) if quick else load_mnist("static")

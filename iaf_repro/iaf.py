@@ -7,7 +7,7 @@ __all__ = ['IAFStep', 'flow_jacobian', 'IAF', 'iaf_log_q', 'LinearIAFStep', 'lin
            'diagonal_kl_floor', 'fit_linear_iaf', 'funnel_log_prob', 'location_only_kl_floor', 'fit_funnel',
            'plot_funnel_fits', 'plot_iaf_jacobians', 'plot_linear_iaf', 'make_figures']
 
-# %% ../nbs/04_iaf.ipynb #edf5ef85
+# %% ../nbs/04_iaf.ipynb #8d3b7194
 import math
 from pathlib import Path
 
@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from matplotlib.colors import LogNorm
 from torch import nn
 
-from .density import FlowChain, check_batch, check_context, flow_log_prob, log_normal_diag, log_standard_normal, save_figure
+from .density import FlowChain, check_batch, check_context, flow_log_prob, log_normal_diag, log_standard_normal, save_figure, seeded
 from .made import MADE
 
-# %% ../nbs/04_iaf.ipynb #3e648c0f
+# %% ../nbs/04_iaf.ipynb #840bf5a7
 class IAFStep(nn.Module):
     "Gated IAF step: `z [B, D], h [B, C] -> (z_new [B, D], log_det [B])`, z_new = σ⊙z + (1−σ)⊙m (IAF Alg. 1)."
     def __init__(self, D: int, context_dim: int = 0, hidden_sizes: list[int] = (320, 320),
@@ -60,13 +60,13 @@ class IAFStep(nn.Module):
             z = torch.cat([z[:, :i], z_i[:, None], z[:, i + 1:]], dim=1)               # out of place: autograd can differentiate it
             yield z
 
-# %% ../nbs/04_iaf.ipynb #4947d425
+# %% ../nbs/04_iaf.ipynb #13f2750c
 def flow_jacobian(layer: nn.Module, z: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
     "Autograd Jacobian dz_new/dz of a flow layer at one point: `z [D], h [C] -> [D, D]`."
     if h is None: return torch.func.jacrev(lambda z: layer(z[None])[0][0])(z)
     return torch.func.jacrev(lambda z: layer(z[None], h[None])[0][0])(z)
 
-# %% ../nbs/04_iaf.ipynb #b45809b5
+# %% ../nbs/04_iaf.ipynb #f4d41fce
 class IAF(FlowChain):
     "`depth` IAF steps, order reversed between steps: `z [B, D], h -> (z_T [B, D], Σ_t log_det_t [B])` (IAF Sec. 4)."
     def __init__(self, D: int, context_dim: int = 0, depth: int = 2, hidden_sizes: list[int] = (320, 320),
@@ -81,7 +81,7 @@ class IAF(FlowChain):
         for step in reversed(self.layers): z_T = step.inverse(z_T, h)
         return z_T
 
-# %% ../nbs/04_iaf.ipynb #7578a917
+# %% ../nbs/04_iaf.ipynb #02cc13b1
 def iaf_log_q(eps: torch.Tensor, log_sigma0: torch.Tensor, log_det: torch.Tensor) -> torch.Tensor:
     "log q(z_T|x) from the noise `eps [B, D]`, the encoder's `log_sigma0 [B, D]` and the chain's `log_det [B]` (IAF Eq. 11)."
     B, D = check_batch(eps, name="eps")
@@ -89,7 +89,7 @@ def iaf_log_q(eps: torch.Tensor, log_sigma0: torch.Tensor, log_det: torch.Tensor
     log_q0 = log_standard_normal(eps) - log_sigma0.expand(B, D).sum(-1)      # log N(z_0; mu, diag sigma_0^2)
     return flow_log_prob(log_q0, log_det)                                     # Eq. 10
 
-# %% ../nbs/04_iaf.ipynb #7e3c58ac
+# %% ../nbs/04_iaf.ipynb #b48f6b01
 class LinearIAFStep(nn.Module):
     "Linear IAF step, m = W z + b with W strictly lower-triangular, constant gate s: `z [B, D] -> (L z + c, log_det [B])` (IAF App. A)."
     # unconditional, like nf's planar and radial layers: a context h is accepted (a chain hands it to every layer) and ignored
@@ -111,13 +111,13 @@ class LinearIAFStep(nn.Module):
         L, c = self.affine()
         return z @ L.T + c, F.logsigmoid(self.s).sum().expand(B)
 
-# %% ../nbs/04_iaf.ipynb #199567d6
+# %% ../nbs/04_iaf.ipynb #03c41e50
 def linear_iaf_covariance(step: LinearIAFStep, sigma0: torch.Tensor) -> torch.Tensor:
     "Covariance of z_1 = L z_0 + c for z_0 with diagonal std `sigma0 [D]`: L diag(σ0²) Lᵀ `[D, D]` (Eq. 12)."
     L, _ = step.affine()
     return L @ torch.diag(sigma0**2) @ L.T
 
-# %% ../nbs/04_iaf.ipynb #22d4b7dd
+# %% ../nbs/04_iaf.ipynb #d74e91ae
 def gaussian_kl(mean_q: torch.Tensor, cov_q: torch.Tensor, mean_p: torch.Tensor, cov_p: torch.Tensor) -> torch.Tensor:
     "KL(N(mean_q, cov_q) || N(mean_p, cov_p)) in nats, closed form: `[D], [D, D], [D], [D, D] -> []` (Eq. 13)."
     mvn = torch.distributions.MultivariateNormal
@@ -127,7 +127,7 @@ def diagonal_kl_floor(cov_p: torch.Tensor) -> float:
     "Smallest reverse KL a diagonal Gaussian can reach against N(·, cov_p): ½[log det Σ + Σ_i log Λ_ii] (Eq. 14)."
     return 0.5 * (torch.logdet(cov_p) + torch.linalg.inv(cov_p).diagonal().log().sum()).item()
 
-# %% ../nbs/04_iaf.ipynb #58b1563d
+# %% ../nbs/04_iaf.ipynb #d50316d0
 def _fit_diagonal_base(flow: nn.Module | None, log_p, D: int, n_steps: int, batch: int, lr: float, seed: int,
                        record=None) -> tuple[list[float], torch.Tensor, torch.Tensor]:
     "Reverse-KL fit of a diagonal Gaussian base (+ `flow`, None for none) to `log_p: [n, D] -> [n]`: `-> (history, mu, log_sigma0)`."
@@ -145,7 +145,7 @@ def _fit_diagonal_base(flow: nn.Module | None, log_p, D: int, n_steps: int, batc
         with torch.no_grad(): history.append(record(mu, log_sigma0) if record else loss.item())
     return history, mu.detach(), log_sigma0.detach()
 
-# %% ../nbs/04_iaf.ipynb #76bcdfbd
+# %% ../nbs/04_iaf.ipynb #645b4755
 def fit_linear_iaf(mean_p: torch.Tensor, cov_p: torch.Tensor, linear_iaf: bool = True, n_steps: int = 300,
                    batch: int = 256, lr: float = 0.05, seed: int = 0) -> tuple[list[float], torch.Tensor, torch.Tensor]:
     "Fit diagonal Gaussian (+ one `LinearIAFStep`) to N(mean_p, cov_p) by reverse KL: `-> (exact KL per step, mean_q [D], cov_q [D, D])`."
@@ -161,7 +161,7 @@ def fit_linear_iaf(mean_p: torch.Tensor, cov_p: torch.Tensor, linear_iaf: bool =
     history, mu, log_sigma0 = _fit_diagonal_base(step, target.log_prob, D, n_steps, batch, lr, seed, record=exact_kl)
     with torch.no_grad(): return history, *q_mean_cov(mu, log_sigma0)
 
-# %% ../nbs/04_iaf.ipynb #0ec267aa
+# %% ../nbs/04_iaf.ipynb #c11936f4
 def funnel_log_prob(x: torch.Tensor, c: float = 2.0) -> torch.Tensor:
     "Funnel log-density, x_1 ~ N(0, 1) and x_2 | x_1 ~ N(0, e^{c x_1}): `x [B, 2] -> [B]` (Eq. 15; after Neal 2003)."
     check_batch(x, 2, "x")
@@ -172,12 +172,11 @@ def location_only_kl_floor(c: float = 2.0) -> float:
     "Smallest reverse KL to the funnel reachable by a diagonal Gaussian and one constant-σ IAF step: ½ log(1 + c²/2) (Eq. 16)."
     return 0.5 * math.log1p(c**2 / 2)
 
-# %% ../nbs/04_iaf.ipynb #505c05c0
+# %% ../nbs/04_iaf.ipynb #44391be0
 def fit_funnel(learned_sigma: bool, c: float = 2.0, n_steps: int = 800, hidden_sizes: list[int] = (32, 32),
                batch: int = 256, lr: float = 1e-2, n_eval: int = 20_000, seed: int = 0):
     "Fit a diagonal Gaussian + one IAF step (learned or constant σ) to the funnel by reverse KL: `-> (loss history, KL, std error, samples [n_eval, 2])`."
-    with torch.random.fork_rng(devices=[]):                                # seeded MADE initialisation; global RNG restored
-        torch.manual_seed(seed)
+    with seeded(seed):                                                     # seeded MADE initialisation; global RNG restored
         step = IAFStep(2, hidden_sizes=hidden_sizes, learned_sigma=learned_sigma)
     log_p = lambda x: funnel_log_prob(x, c)
     history, mu, log_sigma0 = _fit_diagonal_base(step, log_p, 2, n_steps, batch, lr, seed)
@@ -187,7 +186,7 @@ def fit_funnel(learned_sigma: bool, c: float = 2.0, n_steps: int = 800, hidden_s
         kl = iaf_log_q(eps, log_sigma0, log_det) - log_p(x)                # log q - log p at samples of q
     return history, kl.mean().item(), (kl.std() / math.sqrt(n_eval)).item(), x
 
-# %% ../nbs/04_iaf.ipynb #945f8cb5
+# %% ../nbs/04_iaf.ipynb #911999cf
 def plot_funnel_fits(fits: dict, c: float = 2.0, n_samples: int = 2000, seed: int = 0):
     "Samples of the funnel and of its learned-σ and constant-σ IAF fits, plus the fits' loss curves (Eq. 15-16)."
     g = torch.Generator().manual_seed(seed)
@@ -213,7 +212,7 @@ def plot_funnel_fits(fits: dict, c: float = 2.0, n_samples: int = 2000, seed: in
     fig.suptitle("Learned σ can widen and narrow the density where needed; constant σ (volume preserving) cannot")
     return fig
 
-# %% ../nbs/04_iaf.ipynb #6b8c1775
+# %% ../nbs/04_iaf.ipynb #9df1dd74
 def plot_iaf_jacobians(D: int = 6, hidden_sizes: list[int] = (24, 24), seed: int = 0):
     "Heatmaps of |dz_new/dz| for one step, a reversed step, two same-order steps and two reversed steps, at initialisation (IAF Sec. 4)."
     torch.manual_seed(seed)
@@ -233,14 +232,14 @@ def plot_iaf_jacobians(D: int = 6, hidden_sizes: list[int] = (24, 24), seed: int
     fig.suptitle(f"Jacobians of freshly initialised IAF steps at a random point, D = {D}")
     return fig
 
-# %% ../nbs/04_iaf.ipynb #17547e9a
+# %% ../nbs/04_iaf.ipynb #46ffd429
 def _ellipse(mean, cov, n_std=2.0, n=200):
     "Points on the n_std contour of N(mean, cov) in 2-D: `[n, 2]`."
     angle = torch.linspace(0, 2 * math.pi, n, dtype=cov.dtype)
     circle = torch.stack([angle.cos(), angle.sin()], 1)
     return mean + n_std * circle @ torch.linalg.cholesky(cov).T
 
-# %% ../nbs/04_iaf.ipynb #3b3e08b3
+# %% ../nbs/04_iaf.ipynb #1acf0ae9
 def plot_linear_iaf(n_steps: int = 300, n_samples: int = 3000, seed: int = 0):
     "Appendix A: samples vs Eq. 12 covariance, reverse-KL fit curves, fitted vs target contours (IAF App. A)."
     step = LinearIAFStep(2)
@@ -277,7 +276,7 @@ def plot_linear_iaf(n_steps: int = 300, n_samples: int = 3000, seed: int = 0):
     ax.legend(frameon=False)
     return fig
 
-# %% ../nbs/04_iaf.ipynb #4f4e0445
+# %% ../nbs/04_iaf.ipynb #a245f3b7
 def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
     "Render this chapter's figures (Jacobian patterns, linear-IAF covariance, learned vs constant σ) into `out_dir`."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)

@@ -4,17 +4,17 @@
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'METRIC_COLUMNS', 'MLPVAE', 'demo_data', 'bound_terms', 'free_bits_objective', 'ema_update',
-           'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'TrainConfig', 'seeded', 'model_device', 'validate',
+           'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'TrainConfig', 'model_device', 'validate',
            'NonFiniteLossError', 'resolve_device', 'train', 'load_ema_model', 'plot_ema_vs_raw', 'make_figures']
 
-# %% ../nbs/07_train.ipynb #aa5905c1
+# %% ../nbs/07_train.ipynb #3ee918a4
 import copy
 import itertools
 import math
 import os
 import tempfile
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,11 +25,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import BinarizedMNIST, evenly_spaced, load_mnist
-from .density import save_figure
+from .density import save_figure, seeded
 from .elbo import _positive_int, elbo, log_importance_weights
 from .vae import VAE, VAEConfig, make_posterior, toy_images
 
-# %% ../nbs/07_train.ipynb #b0910246
+# %% ../nbs/07_train.ipynb #897c0e80
 class _MLPEncoder(nn.Module):
     "One hidden ELU layer, then linear heads: `x [B, 1, 28, 28] -> (mu [B, D], log_sigma [B, D], h [B, C] or None)`."
     def __init__(self, latent_dim: int, context_dim: int, hidden: int):
@@ -51,7 +51,7 @@ class MLPVAE(VAE):
         self.encoder = _MLPEncoder(config.latent_dim, self.posterior.context_dim, hidden)
         self.decoder = nn.Sequential(nn.Linear(config.latent_dim, hidden), nn.ELU(), nn.Linear(hidden, 784), nn.Unflatten(1, (1, 28, 28)))
 
-# %% ../nbs/07_train.ipynb #84305438
+# %% ../nbs/07_train.ipynb #8604f801
 def demo_data(n_train: int = 2000, n_valid: int = 500, n_test: int = 500, synthetic: bool | None = None) -> BinarizedMNIST:
     "A small static MNIST (images evenly spaced through each split), or chapter 06's crosses if `synthetic` (None: if the data folder is missing)."
     if not synthetic:
@@ -64,20 +64,20 @@ def demo_data(n_train: int = 2000, n_valid: int = 500, n_test: int = 500, synthe
     g = torch.Generator().manual_seed(0)
     return BinarizedMNIST("synthetic crosses", toy_images(n_train, g), toy_images(n_valid, g), toy_images(n_test, g))
 
-# %% ../nbs/07_train.ipynb #3b21b9a8
+# %% ../nbs/07_train.ipynb #80031f68
 def bound_terms(terms) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     "Per-image VLB, reconstruction E log p(x|z) and KL estimate, means over the k samples: `Terms [k, B] -> 3 x [B]` (Eq. 2)."
     log_w = log_importance_weights(terms.log_px_z, terms.log_pz, terms.log_qz)          # [k, B]
     return elbo(log_w), terms.log_px_z.mean(0), (terms.log_qz - terms.log_pz).mean(0)
 
-# %% ../nbs/07_train.ipynb #6851e20a
+# %% ../nbs/07_train.ipynb #de4c42c9
 def free_bits_objective(recon: torch.Tensor, kl: torch.Tensor, free_bits: float = 0.0) -> torch.Tensor:
     "Batch objective mean(recon) - max(lambda, mean(kl)), the plain VLB when lambda = 0: `[B], [B] -> []` (Eq. 3; IAF App. C)."
     if not free_bits >= 0: raise ValueError(f"free_bits must be >= 0 nats, got {free_bits}")
     kl_term = kl.mean() if free_bits == 0 else torch.clamp(kl.mean(), min=free_bits)
     return recon.mean() - kl_term
 
-# %% ../nbs/07_train.ipynb #a5a1afe1
+# %% ../nbs/07_train.ipynb #d2054fd4
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     "theta_ema <- decay * theta_ema + (1 - decay) * theta for every parameter, in place; buffers copied (Eq. 5; openai/iaf)."
@@ -87,7 +87,7 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     for name, p in params.items(): ema_params[name].lerp_(p, 1 - decay)
     for ema_buffer, buffer in zip(ema.buffers(), model.buffers()): ema_buffer.copy_(buffer)
 
-# %% ../nbs/07_train.ipynb #4a93c71f
+# %% ../nbs/07_train.ipynb #5dc4ee4f
 CHECKPOINT_FORMAT = "iaf-repro-train-v1"
 
 class CheckpointError(RuntimeError):
@@ -121,7 +121,7 @@ def load_checkpoint(path: Path, device="cpu") -> dict:
                               f"(expected format {CHECKPOINT_FORMAT!r}); it was left untouched.")
     return state
 
-# %% ../nbs/07_train.ipynb #a1efb825
+# %% ../nbs/07_train.ipynb #4fd0ee3f
 @dataclass(frozen=True)
 class TrainConfig:
     "Settings of one training run (optimizer, averaging, free bits, schedule, budget knobs); see field comments for sources."
@@ -150,14 +150,7 @@ class TrainConfig:
         if not 0 < self.lr_factor < 1: raise ValueError(f"lr_factor must lie in (0, 1), got {self.lr_factor}")
         if not self.free_bits >= 0: raise ValueError(f"free_bits must be >= 0 nats, got {self.free_bits}")
 
-# %% ../nbs/07_train.ipynb #28aaf718
-@contextmanager
-def seeded(seed: int):
-    "Run a block with the global torch RNGs (CPU and CUDA) seeded, then restore the caller's RNG state."
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        yield
-
+# %% ../nbs/07_train.ipynb #a894a1d0
 def model_device(model: nn.Module) -> torch.device:
     "The device of the model's first parameter (CPU for a model without parameters)."
     return next(model.parameters(), torch.empty(0)).device
@@ -170,7 +163,7 @@ def validate(model: nn.Module, images: torch.Tensor, batch_size: int = 100, seed
         sums = [torch.stack([t.sum() for t in bound_terms(model(x.to(device), 1))]) for x in images.split(batch_size)]
     return torch.stack(sums).sum(0) / len(images)
 
-# %% ../nbs/07_train.ipynb #908c2c45
+# %% ../nbs/07_train.ipynb #9ccdf949
 def _train_epoch(model, step_model, ema, batches, optimizer, config, bar) -> tuple[torch.Tensor, torch.Tensor, int]:
     "One pass over `batches`: per-step losses `[S]`, summed (VLB, recon, KL) `[3]` and the image count, all left on the device."
     model.train()
@@ -190,7 +183,7 @@ def _train_epoch(model, step_model, ema, batches, optimizer, config, bar) -> tup
     if not losses: raise ValueError(f"no training batch: the train split has fewer images than batch_size = {config.batch_size}")
     return torch.stack(losses), torch.stack(sums).sum(0), n
 
-# %% ../nbs/07_train.ipynb #91bd997a
+# %% ../nbs/07_train.ipynb #f6882f2d
 class NonFiniteLossError(FloatingPointError):
     "Training met a NaN or infinite loss; the message names the epoch and step, and the last good checkpoint (left untouched)."
     def __init__(self, what: str, epoch: int, step: int | None, checkpoint: Path, last_good_epoch: int):
@@ -206,7 +199,7 @@ def _check_finite(losses: list[float], epoch: int, checkpoint: Path, last_good_e
     bad = next((i for i, loss in enumerate(losses) if not math.isfinite(loss)), None)
     if bad is not None: raise NonFiniteLossError("training loss", epoch, bad + 1, checkpoint, last_good_epoch)
 
-# %% ../nbs/07_train.ipynb #e5dfd0c5
+# %% ../nbs/07_train.ipynb #76c87a46
 _RESUMABLE = {"epochs", "compile"}                # config fields a resumed run may change (more epochs; compile on/off)
 
 def _check_same_shapes(saved: dict, current: dict, what: str, path: Path) -> None:
@@ -242,7 +235,7 @@ def _restore(path, model, ema, optimizer, scheduler, generator, config) -> dict:
     if "cuda" in state["rng"]: torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), generator.device)
     return state["run"]
 
-# %% ../nbs/07_train.ipynb #ddfc6991
+# %% ../nbs/07_train.ipynb #9b9e3924
 METRIC_COLUMNS = ["epoch", "steps", "train_vlb", "train_recon", "train_kl", "valid_vlb", "valid_recon", "valid_kl", "lr", "seconds"]
 
 def resolve_device(device="auto") -> torch.device:
@@ -256,7 +249,7 @@ def _write_metrics(rows: list[dict], run_dir: Path) -> pd.DataFrame:
     frame.to_csv(tmp, index=False); os.replace(tmp, run_dir / "metrics.csv")
     return frame
 
-# %% ../nbs/07_train.ipynb #99053d8b
+# %% ../nbs/07_train.ipynb #ee6f22c7
 def _end_epoch(run: dict, row: dict, config: TrainConfig) -> bool:
     "Record an epoch's metrics and update best / patience / stop; return whether the validation VLB improved."
     run["rows"].append(row)
@@ -272,7 +265,7 @@ def _epoch_row(epoch, run, train_means, valid_means, lr, seconds) -> dict:
     return dict(epoch=epoch, steps=run["steps"], **{f"train_{k}": v for k, v in zip(("vlb", "recon", "kl"), train_means)},
                 **{f"valid_{k}": v for k, v in zip(("vlb", "recon", "kl"), valid_means)}, lr=lr, seconds=seconds)
 
-# %% ../nbs/07_train.ipynb #df5a373d
+# %% ../nbs/07_train.ipynb #5f63567a
 def train(model: nn.Module, data: BinarizedMNIST, config: TrainConfig, run_dir: Path, device="cpu",
           progress: bool = True, resume: bool = True) -> pd.DataFrame:
     "Train `model` in place on `data` (resuming `run_dir` if it holds a checkpoint); return the per-epoch metrics."
@@ -317,7 +310,7 @@ def train(model: nn.Module, data: BinarizedMNIST, config: TrainConfig, run_dir: 
         if run["stopped"]: break
     return _write_metrics(run["rows"], run_dir)
 
-# %% ../nbs/07_train.ipynb #a0a111f7
+# %% ../nbs/07_train.ipynb #03d53c63
 def load_ema_model(model: nn.Module, run_dir: Path, which: str = "best") -> nn.Module:
     "A copy of `model` holding the averaged weights of the best validation epoch (`best.pt`) or the last one (`checkpoint.pt`)."
     if which not in ("best", "last"): raise ValueError(f"which must be 'best' or 'last', got {which!r}")
@@ -328,7 +321,7 @@ def load_ema_model(model: nn.Module, run_dir: Path, which: str = "best") -> nn.M
     ema.load_state_dict(state["ema"])
     return ema.eval().requires_grad_(False)
 
-# %% ../nbs/07_train.ipynb #de691e03
+# %% ../nbs/07_train.ipynb #4675a596
 def plot_ema_vs_raw(epochs: list[int], raw: list[float], averaged: list[float], decay: float):
     "Validation VLB per epoch of the raw weights and of their moving average (left), and the average's advantage (right) (Eq. 5)."
     fig, (ax, ax_diff) = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
@@ -346,7 +339,7 @@ def plot_ema_vs_raw(epochs: list[int], raw: list[float], averaged: list[float], 
     fig.suptitle("Raw vs averaged weights, MLP VAE on static MNIST")
     return fig
 
-# %% ../nbs/07_train.ipynb #1f4f443e
+# %% ../nbs/07_train.ipynb #cf967fcb
 def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
     "Render this chapter's figure (validation VLB of raw vs averaged weights per epoch) into `out_dir`."
     data, epochs = (demo_data(512, 128, 128, synthetic=True), 2) if quick else (load_mnist("static"), 30)

@@ -8,7 +8,7 @@ __all__ = ['IMAGE_SHAPE', 'POSTERIORS', 'bernoulli_log_likelihood', 'WeightNormL
            'make_posterior', 'Terms', 'check_images', 'check_binary', 'VAE', 'parameter_counts', 'toy_images',
            'plot_preactivation_stats', 'make_figures']
 
-# %% ../nbs/06_vae.ipynb #3e78d3c3
+# %% ../nbs/06_vae.ipynb #d3494742
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -20,12 +20,12 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from torch import nn
 
-from .density import check_batch, flow_log_prob, log_standard_normal, save_figure
+from .density import check_batch, flow_log_prob, log_standard_normal, save_figure, seeded
 from .elbo import _positive_int, reparameterize
 from .iaf import IAF
 from .nf import make_flow
 
-# %% ../nbs/06_vae.ipynb #1ca31a32
+# %% ../nbs/06_vae.ipynb #59578ac2
 IMAGE_SHAPE = (1, 28, 28)   # binarized MNIST: one channel, 28 x 28 pixels
 
 def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -33,7 +33,7 @@ def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Ten
     per_pixel = F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")
     return -per_pixel.flatten(-3).sum(-1)
 
-# %% ../nbs/06_vae.ipynb #f40af802
+# %% ../nbs/06_vae.ipynb #95c3a127
 class WeightNormLayer(nn.Module):
     "Base of the weight-normalized layers: w = g·v/‖v‖ per output unit, plus bias b; `op(x, w, b)` is set by subclasses (Eq. 3)."
     out_axis = 0                                                        # the axis of v that indexes output units
@@ -55,7 +55,7 @@ class WeightNormLayer(nn.Module):
         if self.pending_init: self.data_init(x)
         return self.op(x, self.weight(), self.b)
 
-# %% ../nbs/06_vae.ipynb #ef97ed35
+# %% ../nbs/06_vae.ipynb #74ad8046
 def unit_moments(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "Per-unit mean and std of a layer output over the batch and pixel axes: `[N, n_out, ...] -> ([n_out], [n_out])`."
     over = [0] + list(range(2, t.ndim))
@@ -91,7 +91,7 @@ class WNConvTranspose2d(WeightNormLayer):
         self.output_padding = output_padding
     def op(self, x, w, b): return F.conv_transpose2d(x, w, b, stride=2, padding=1, output_padding=self.output_padding)
 
-# %% ../nbs/06_vae.ipynb #5d549f9e
+# %% ../nbs/06_vae.ipynb #949c1211
 @torch.no_grad()
 def preactivation_stats(model: nn.Module, x: torch.Tensor, seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     "Per-unit (mean, std) of every weight-normalized layer's pre-activations on `x`, noise seeded (global RNG left as it was)."
@@ -99,13 +99,12 @@ def preactivation_stats(model: nn.Module, x: torch.Tensor, seed: int = 0) -> dic
     def record(name): return lambda module, inputs, t: stats.__setitem__(name, unit_moments(t))
     hooks = [m.register_forward_hook(record(name)) for name, m in model.named_modules() if isinstance(m, WeightNormLayer)]
     try:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed); model(x)
+        with seeded(seed): model(x)
     finally:
         for hook in hooks: hook.remove()
     return stats
 
-# %% ../nbs/06_vae.ipynb #501e6c4d
+# %% ../nbs/06_vae.ipynb #fc93d0f4
 class ResBlock(nn.Module):
     "y = ELU(S(x) + W2 * ELU(W1 * x)); `resample` None | 'down' | 'up': `[N, c_in, H, W] -> [N, c_out, H', W']` (Eq. 5; IAF App. B)."
     def __init__(self, c_in: int, c_out: int, resample: str | None = None, output_padding: int = 1):
@@ -120,7 +119,7 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.elu(self.shortcut(x) + self.conv2(F.elu(self.conv1(x))))
 
-# %% ../nbs/06_vae.ipynb #48a6b485
+# %% ../nbs/06_vae.ipynb #5182fa13
 POSTERIORS = ("diagonal", "iaf", "planar")
 
 @dataclass(frozen=True)
@@ -145,7 +144,7 @@ class VAEConfig:
         if isinstance(self.context_dim, bool) or not isinstance(self.context_dim, int) or self.context_dim < 0:
             raise ValueError(f"context_dim must be a non-negative integer, got {self.context_dim!r}")
 
-# %% ../nbs/06_vae.ipynb #60f61322
+# %% ../nbs/06_vae.ipynb #c10445d8
 class Encoder(nn.Module):
     "ResNet encoder: `x [B, 1, 28, 28] -> (mu [B, D], log_sigma [B, D], h [B, C] or None)` (Eq. 6; IAF App. B)."
     def __init__(self, config: VAEConfig, context_dim: int = 0):
@@ -179,7 +178,7 @@ class Decoder(nn.Module):
         a = self.dense(z).view(z.shape[0], -1, 4, 4)                                   # [N, 32, 4, 4]
         return self.logits(self.blocks(a))                                             # [N, 1, 28, 28]
 
-# %% ../nbs/06_vae.ipynb #1dc120ce
+# %% ../nbs/06_vae.ipynb #8b1389f2
 class Posterior(nn.Module):
     "q(z|x), a diagonal Gaussian through an optional flow: `(mu, log_sigma [B, D], h [B, C] or None, k) -> (z [k*B, D], log_qz [k, B])` (Eq. 7)."
     def __init__(self, flow: nn.Module | None = None, context_dim: int = 0):
@@ -205,7 +204,7 @@ def make_posterior(config: VAEConfig) -> Posterior:
         return Posterior(flow, config.context_dim)
     return Posterior()
 
-# %% ../nbs/06_vae.ipynb #00596a0a
+# %% ../nbs/06_vae.ipynb #c2ddae3a
 class Terms(NamedTuple):
     "Per-sample terms of the bound, each `[k, B]` in nats (Eq. 1)."
     log_px_z: torch.Tensor    # log p(x|z), Bernoulli (Eq. 2)
@@ -226,7 +225,7 @@ def check_binary(x: torch.Tensor, name: str = "x") -> None:
         raise ValueError(f"{name} must be binary (0/1 pixels), got values in [{x.min().item():.3g}, {x.max().item():.3g}]; "
                          "binarize grey images first (e.g. x = torch.bernoulli(grey))")
 
-# %% ../nbs/06_vae.ipynb #a543b62e
+# %% ../nbs/06_vae.ipynb #0ec8591d
 class VAE(nn.Module):
     "The MNIST VAE: `x [B, 1, 28, 28], k -> Terms` of shape `[k, B]`, posterior chosen by `config.posterior` (IAF App. B)."
     def __init__(self, config: VAEConfig):
@@ -245,7 +244,7 @@ class VAE(nn.Module):
         log_pz = log_standard_normal(z).view(k, B)                                     # 4) [k, B]
         return Terms(bernoulli_log_likelihood(logits, x), log_pz, log_qz)
 
-# %% ../nbs/06_vae.ipynb #9235b480
+# %% ../nbs/06_vae.ipynb #8a606b1a
 @patch
 @torch.no_grad()
 def initialize(self: VAE, x: torch.Tensor) -> None:
@@ -280,7 +279,7 @@ def parameter_counts(model: VAE) -> dict[str, int]:
     parts = {name: count(getattr(model, name)) for name in ("encoder", "posterior", "decoder")}
     return parts | {"total": count(model)}
 
-# %% ../nbs/06_vae.ipynb #3b773d79
+# %% ../nbs/06_vae.ipynb #eb9ace16
 def toy_images(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     "`n` binary 28×28 crosses (a 3-px horizontal and vertical bar at random places), for smoke tests: `-> [n, 1, 28, 28]`."
     row, col = torch.randint(0, 26, (2, _positive_int(n, "n"), 1), generator=generator)   # [n, 1] each
@@ -288,7 +287,7 @@ def toy_images(n: int, generator: torch.Generator | None = None) -> torch.Tensor
     rows, cols = (side >= row) & (side < row + 3), (side >= col) & (side < col + 3)      # [n, 28] each
     return (rows[:, :, None] | cols[:, None, :]).float()[:, None]                       # [n, 1, 28, 28]
 
-# %% ../nbs/06_vae.ipynb #4ec695a7
+# %% ../nbs/06_vae.ipynb #caf45061
 def plot_preactivation_stats(before: dict, after: dict, axes=None):
     "Two panels, per layer: the pre-activation std and |mean| (averaged over units), before vs after the data-dependent init."
     axes = axes if axes is not None else plt.subplots(2, 1, figsize=(10, 6), sharex=True)[1]
