@@ -29,6 +29,7 @@ CHAPTERS = {                      # chapter name -> the module that draws its fi
     "vae": "iaf_repro.vae",
     "train": "iaf_repro.train",
     "evaluate": "iaf_repro.evaluate",
+    "four_images": "iaf_repro.four_images",
 }
 
 def _check_chapters(names: list[str] | None) -> list[str]:

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['DATA_ENV', 'FILES', 'KINDS', 'EVAL_BINARIZATION_SEED', 'DataFile', 'data_root', 'sha256_of', 'DataError',
-           'verified_file', 'read_idx', 'BinarizedMNIST', 'evenly_spaced', 'load_mnist', 'plot_binarizations',
-           'make_figures']
+           'verified_file', 'read_idx', 'BinarizedMNIST', 'evenly_spaced', 'load_mnist', 'static_test_labels',
+           'plot_binarizations', 'make_figures']
 
 # %% ../nbs/05_data.ipynb #bf0b4fe0
 import gzip
@@ -184,6 +184,12 @@ def load_mnist(kind: str = "static", root: Path | str | None = None, device="cpu
         return BinarizedMNIST(kind, *((x >= 0.5).float() for x in (train, valid, test))).to(device)
     g = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)     # on the CPU: the same images whatever the device
     return BinarizedMNIST(kind, train, torch.bernoulli(valid, generator=g), torch.bernoulli(test, generator=g), dynamic=True).to(device)
+
+# %% ../nbs/05_data.ipynb #315adccc
+def static_test_labels(root: Path | str | None = None, download: bool = True) -> torch.Tensor:
+    "Digit labels of static MNIST's test split, `-> [10000]` int64: the official test labels sorted (the split is sorted by digit)."
+    labels = read_idx(verified_file(FILES["grey_test_labels"], root, download))
+    return torch.as_tensor(np.sort(labels, kind="stable")).long()
 
 # %% ../nbs/05_data.ipynb #d64e5739
 def plot_binarizations(grey_train: torch.Tensor, n: int = 4, seed: int = 0):
