@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['PRESETS', 'TABLES', 'FIGURE_PRESETS', 'BUDGETS', 'TARGETS', 'TABLE_COLUMNS', 'TABLE_BUDGETS', 'DEFAULT_PRESETS',
            'Preset', 'get_preset', 'Budget', 'get_budget', 'run_name', 'result_path', 'run', 'published', 'build_table',
-           'table_markdown', 'write_table', 'table_figures', 'reproduce']
+           'table_markdown', 'write_table', 'table_figures', 'ensure_run', 'trained_model', 'reproduce']
 
 # %% ../nbs/09_experiments.ipynb #2eaec6d3
 import json
@@ -244,7 +244,22 @@ def table_figures(table: str, budget: str, results_dir: Path = Path("figures/tab
     return paths
 
 # %% ../nbs/09_experiments.ipynb #848c1791
+def ensure_run(preset: str, budget: str = "cpu", seed: int = 0, device: str = "auto", runs_dir: Path = Path("runs"),
+               results_dir: Path = Path("figures/tables/runs"), weights: bool = False) -> dict:
+    "A run's results, training it first if its results file is missing (with `weights=True`: or its trained weights, which git does not keep)."
+    missing = not result_path(results_dir, preset, budget, seed).exists()
+    if weights: missing |= not (Path(runs_dir) / run_name(preset, budget, seed) / "best.pt").exists()
+    if missing: return run(preset, budget, seed, device=device, runs_dir=runs_dir, results_dir=results_dir)
+    return _read_result(result_path(results_dir, preset, budget, seed))
+
+def trained_model(preset: str, budget: str = "cpu", seed: int = 0, device: str = "auto", runs_dir: Path = Path("runs"),
+                  results_dir: Path = Path("figures/tables/runs")) -> VAE:
+    "The weight-averaged model of a preset's run (its best validation epoch), on the CPU, trained first where needed."
+    ensure_run(preset, budget, seed, device, runs_dir, results_dir, weights=True)
+    return load_ema_model(VAE(get_preset(preset).model), Path(runs_dir) / run_name(preset, budget, seed))
+
 DEFAULT_PRESETS = ("static-diag", "static-iaf-d2-w320", "static-iaf-d2-w320-const")   # the rows of the default `cpu` reproduction
+   # the rows of the default `cpu` reproduction
 
 def reproduce(budget: str = "cpu", presets: list[str] | None = None, seed: int = 0, device: str = "auto",
               runs_dir: Path = Path("runs"), results_dir: Path = Path("figures/tables/runs"),
@@ -252,7 +267,5 @@ def reproduce(budget: str = "cpu", presets: list[str] | None = None, seed: int =
     "Run `presets` at `budget` (skipping those with results already), then write Table 1 and Table 2."
     get_budget(budget)
     presets = [get_preset(name).name for name in (presets or DEFAULT_PRESETS)]     # every name checked before hours of training
-    for name in presets:
-        if not result_path(results_dir, name, budget, seed).exists():
-            run(name, budget, seed, device=device, runs_dir=runs_dir, results_dir=results_dir)
+    for name in presets: ensure_run(name, budget, seed, device, runs_dir, results_dir)
     return {t: write_table(t, results_dir, out_dir) for t in TABLES}
