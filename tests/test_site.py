@@ -76,6 +76,11 @@ def test_every_notebook_becomes_a_page_and_nothing_is_written_into_nbs_or_figure
     assert before == after, "building the site changed files in nbs/ or figures/"
 
 
+def test_the_front_page_opens_with_the_two_commands(site):
+    text = re.sub(r"<[^>]+>", "", (site[0] / "index.html").read_text())        # the commands are syntax-highlighted
+    assert text.index("make reproduce") < text.index("make test") < text.index("Results:")
+
+
 def test_pages_load_without_console_errors(reports):
     errors = {page: r["errors"] for page, r in reports.items() if r["errors"]}
     assert not errors, f"console errors: {json.dumps(errors, indent=1)}"
@@ -124,13 +129,13 @@ def _module_pages():
 
 
 def test_the_exported_api_is_documented_by_show_doc(site):
-    out = site[0]
+    page_of = dict(zip(build_site.chapters(ROOT / "nbs"), site[1]))               # pages come in chapter order
     for nb, module in _module_pages():
-        page = build_site.front_matter(build_site.process_notebook(nb)).get("output-file")
-        html = (out / page).read_text()
+        page = page_of[nb]
+        html = page.read_text()
         mod = importlib.import_module(module)
         for name in [n for n in mod.__all__ if callable(getattr(mod, n))]:          # nbdev documents functions and classes
-            assert f'<h3 id="{name}"' in html or f'<h4 id="{name}"' in html, f"{page}: no show_doc entry for {module}.{name}"
+            assert f'<h3 id="{name}"' in html or f'<h4 id="{name}"' in html, f"{page.name}: no show_doc entry for {module}.{name}"
 
 
 def test_hidden_cells_are_not_shown(reports):

@@ -223,14 +223,14 @@ def _number(path: Path) -> str:
 
 def build_site(out: Path = ROOT / "_site", nbs: Path = ROOT / "nbs", figures: Path = ROOT / "figures",
                quiet: bool = False) -> list[Path]:
-    "Render every notebook of `nbs` into `out` (emptied first) with figures, MathJax and a sidebar; return the pages."
-    import nbformat
-    from nbdev.config import get_config
-    from nbformat.v4.rwbase import rejoin_lines          # execnb keeps multi-line texts as lists; nbconvert wants str
-    cfg = get_config()
+    "Render every notebook of `nbs` into `out` (emptied first) with figures, MathJax and a sidebar; return the pages in chapter order."
     out, nbs = Path(out).resolve(), Path(nbs).resolve()
     if out in (ROOT, nbs, Path(figures).resolve()) or out in ROOT.parents:
         raise ValueError(f"refusing to build the site into {out}: it is emptied first")
+    import nbformat
+    from nbdev.config import get_config
+    from nbformat.v4.rwbase import rejoin_lines          # execnb keeps multi-line texts as lists; nbconvert wants str
+    cfg = get_config(path=nbs)
     mathjax = fetch_mathjax()
     start = time.perf_counter()
     processed = []
