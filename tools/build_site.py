@@ -151,6 +151,14 @@ def _callouts(source: str) -> str:
                         source)
 
 
+_OVERWRITTEN = re.compile(r"[^\n]*\r(?!\n)")
+
+
+def _overwrite(text) -> str:
+    "Stream text as a terminal shows it: what a carriage return sends the cursor back over is overwritten (tqdm bars)."
+    return _OVERWRITTEN.sub("", text if isinstance(text, str) else "".join(text))
+
+
 def page_cells(nb, links: Links):
     "Make a processed notebook plain Jupyter: Quarto directives applied or dropped, callouts and links rewritten."
     cells = []
@@ -167,6 +175,7 @@ def page_cells(nb, links: Links):
             if directives.get("echo") == "false" or not cell.source: tags.add("remove_input")
             cell.metadata["tags"] = sorted(tags)
             for out in cell.get("outputs", []):
+                if out.get("output_type") == "stream": out["text"] = _overwrite(out["text"])
                 data = out.get("data", {})
                 for kind in ("text/markdown", "text/html"):
                     if kind in data:
