@@ -102,13 +102,11 @@ def process_notebook(path: Path):
     from execnb.nbio import read_nb
     from nbdev import processors
     nb = read_nb(path)
-    os.environ["IN_TEST"] = "1"              # what nbdev's docs driver sets while processing
-    try:
-        with _working_dir(path.parent), warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr), \
-                mock.patch.object(processors, "_do_eval", _runs_for_docs(processors._do_eval)):
-            warnings.simplefilter("ignore")
-            processors.FilterDefaults()(nb)
-    finally: del os.environ["IN_TEST"]
+    with _working_dir(path.parent), warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr), \
+            mock.patch.dict(os.environ, {"IN_TEST": "1"}), \
+            mock.patch.object(processors, "_do_eval", _runs_for_docs(processors._do_eval)):
+        warnings.simplefilter("ignore")                  # nbdev warns about each cell mixing imports and code
+        processors.FilterDefaults()(nb)                  # IN_TEST=1 is what nbdev's docs driver sets meanwhile
     return nb
 
 
