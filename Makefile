@@ -11,7 +11,7 @@ ifneq ($(wildcard ../shared/data),)
 export IAF_REPRO_DATA ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup reproduce test export clean-nbs
+.PHONY: setup reproduce test export clean-nbs docs screenshots hooks
 
 $(STAMP): settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,3 +35,17 @@ test: setup
 export: setup
 	$(BIN)/nbdev_export
 	$(BIN)/nbdev_clean
+
+# The tutorial as a website, built offline into _site/ from the notebooks' committed outputs (tools/build_site.py;
+# nbdev_docs needs Quarto, which these machines cannot install). Open _site/index.html, or serve it:
+#   python -m http.server -d _site
+docs: setup
+	$(BIN)/python tools/build_site.py --out _site
+
+# The README's two screenshots of the site (figures/site_*.png), taken with headless Chromium (apt-get install chromium).
+screenshots: docs
+	$(BIN)/python tools/site_browser.py screenshots --site _site --out figures
+
+# For authors: a git pre-commit hook that refuses notebooks nbdev_clean would change (tools/hooks/pre-commit).
+hooks: setup
+	git config core.hooksPath tools/hooks
