@@ -30,6 +30,7 @@ CHAPTERS = {                      # chapter name -> the module that draws its fi
     "train": "iaf_repro.train",
     "evaluate": "iaf_repro.evaluate",
     "four_images": "iaf_repro.four_images",
+    "manifold": "iaf_repro.manifold",
 }
 
 def _check_chapters(names: list[str] | None) -> list[str]:
