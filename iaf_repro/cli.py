@@ -31,6 +31,7 @@ CHAPTERS = {                      # chapter name -> the module that draws its fi
     "evaluate": "iaf_repro.evaluate",
     "four_images": "iaf_repro.four_images",
     "manifold": "iaf_repro.manifold",
+    "blog": "iaf_repro.blog",
 }
 
 def _check_chapters(names: list[str] | None) -> list[str]:
