@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['BLOG_PRESETS', 'blog_table', 'blog_markdown', 'write_blog_table', 'plot_blog_curves', 'make_figures']
 
-# %% ../nbs/14_blog_table.ipynb #8c33509d
+# %% ../nbs/14_blog_table.ipynb #ca1bd1e7
 import json
 import tempfile
 from pathlib import Path
@@ -14,9 +14,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from .density import save_figure
-from .experiments import TARGETS, ensure_run, get_preset, result_path
+from .experiments import TARGETS, get_preset, plot_prior_samples, result_path, trained_model
 
-# %% ../nbs/14_blog_table.ipynb #7e3be965
+# %% ../nbs/14_blog_table.ipynb #17b6e718
 BLOG_PRESETS = ("thresholded-diag", "thresholded-iaf-d4-w320")
 _BLOG_METRICS = ("train_loss", "valid_loss", "test_recon_loss")
 _PROVENANCE = ["budget", "epochs", "best_epoch", "seed", "is_samples", "eval_images", "device", "threads", "train_seconds",
@@ -45,7 +45,7 @@ def blog_table(results_dir: Path = Path("figures/tables/runs"), budget: str = "c
     return pd.DataFrame(rows).reindex(columns=["model", "preset", *[c for m in _BLOG_METRICS for c in (m, f"blog_{m}")],
                                                "test_neg_vlb", "test_neg_log_px", *_PROVENANCE])
 
-# %% ../nbs/14_blog_table.ipynb #294a3d22
+# %% ../nbs/14_blog_table.ipynb #7929a2ef
 def _cell(ours, blog) -> str:
     return f"{'not run' if pd.isna(ours) else f'{ours:.2f}'} / {blog:.2f}"
 
@@ -71,7 +71,7 @@ def write_blog_table(results_dir: Path = Path("figures/tables/runs"), out_dir: P
     (out_dir / "blog_table1.md").write_text(blog_markdown(df))
     return df
 
-# %% ../nbs/14_blog_table.ipynb #ad0096e1
+# %% ../nbs/14_blog_table.ipynb #b6d4521d
 def plot_blog_curves(results_dir: Path = Path("figures/tables/runs"), budget: str = "cpu", seed: int = 0):
     "Training and validation loss per epoch of our two thresholded-MNIST runs, the blog's final losses as dotted lines."
     df = blog_table(results_dir, budget, seed)
@@ -90,15 +90,17 @@ def plot_blog_curves(results_dir: Path = Path("figures/tables/runs"), budget: st
     fig.suptitle(f"Thresholded MNIST, `{budget}` budget: our diagonal and 4-step IAF VAEs against the blog post's final losses", fontsize=11)
     return fig
 
-# %% ../nbs/14_blog_table.ipynb #ddd50214
+# %% ../nbs/14_blog_table.ipynb #68d2ddee
 def make_figures(out_dir: Path, quick: bool = False, runs_dir: Path = Path("runs"),
                  results_dir: Path = Path("figures/tables/runs")) -> list[Path]:
-    "Run (or reuse) the two thresholded-MNIST presets, write the blog table into `out_dir/tables` and draw the loss curves."
+    "Run (or reuse) the two thresholded-MNIST presets, write the blog table into `out_dir/tables`, draw the loss curves and prior samples."
     with tempfile.TemporaryDirectory() as tmp:
         budget = "smoke" if quick else "cpu"
         if quick: runs_dir, results_dir = Path(tmp) / "runs", Path(tmp) / "results"
-        for preset in BLOG_PRESETS: ensure_run(preset, budget, runs_dir=runs_dir, results_dir=results_dir)
+        models = {get_preset(p).label: trained_model(p, budget, runs_dir=runs_dir, results_dir=results_dir) for p in BLOG_PRESETS}
         out_dir = Path(out_dir)
         write_blog_table(results_dir, out_dir / "tables", budget)
-        figure = save_figure(plot_blog_curves(results_dir, budget), out_dir / "blog_training_curves.png")
-    return [out_dir / "tables" / "blog_table1.md", out_dir / "tables" / "blog_table1.csv", figure]
+        curves = save_figure(plot_blog_curves(results_dir, budget), out_dir / "blog_training_curves.png")
+        samples = save_figure(plot_prior_samples(models, title=f"Thresholded MNIST, `{budget}` budget: samples from the prior, same z for both"),
+                              out_dir / "blog_samples.png")
+    return [out_dir / "tables" / "blog_table1.md", out_dir / "tables" / "blog_table1.csv", curves, samples]

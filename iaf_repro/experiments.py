@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['PRESETS', 'TABLES', 'FIGURE_PRESETS', 'BUDGETS', 'TARGETS', 'TABLE_COLUMNS', 'TABLE_BUDGETS', 'DEFAULT_PRESETS',
            'Preset', 'get_preset', 'Budget', 'get_budget', 'run_name', 'result_path', 'run', 'published', 'build_table',
-           'table_markdown', 'write_table', 'table_figures', 'ensure_run', 'trained_model', 'reproduce']
+           'table_markdown', 'write_table', 'plot_prior_samples', 'table_figures', 'ensure_run', 'trained_model',
+           'reproduce']
 
 # %% ../nbs/09_experiments.ipynb #2eaec6d3
 import json
@@ -14,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
@@ -221,9 +223,19 @@ def write_table(table: str, results_dir: Path = Path("figures/tables/runs"), out
     return df
 
 # %% ../nbs/09_experiments.ipynb #71d28306
+def plot_prior_samples(models: dict, n: int = 10, seed: int = 0, title: str = "Samples from the prior"):
+    "A row per model of `n` decoded Bernoulli means E[x|z], z ~ N(0, I), with the same z for every model of equal latent size."
+    fig, axes = plt.subplots(len(models), n, figsize=(1.3 * n, 1.45 * len(models) + 0.4), squeeze=False, constrained_layout=True)
+    for row, (name, model) in zip(axes, models.items()):
+        images = model.sample(n, generator=torch.Generator().manual_seed(seed)).cpu()
+        for ax, image in zip(row, images): ax.imshow(image[0], cmap="Greys", vmin=0, vmax=1); ax.set(xticks=[], yticks=[])
+        row[0].set_ylabel(name.replace(": ", ":\n").replace(", ", ",\n"), fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    return fig
+
 def table_figures(table: str, budget: str, results_dir: Path = Path("figures/tables/runs"), runs_dir: Path = Path("runs"),
                   out_dir: Path = Path("figures"), seed: int = 0) -> list[Path]:
-    "Training curves (and reconstructions, if the checkpoints are in `runs_dir`) of a table's runs at `budget`."
+    "Training curves (and reconstructions and prior samples, if the checkpoints are in `runs_dir`) of a table's runs at `budget`."
     names = [n for n in TABLES[table] if result_path(results_dir, n, budget, seed, ".metrics.csv").exists()]
     if not names: return []
     label = lambda n: f"{PRESETS[n].mnist}: {PRESETS[n].label}"
@@ -239,8 +251,9 @@ def table_figures(table: str, budget: str, results_dir: Path = Path("figures/tab
         test = load_mnist(PRESETS[have[0]].mnist).test
         fig = plot_reconstructions(models, test, n=10, title=f"{title} models ({PRESETS[have[0]].mnist} MNIST, `{budget}` budget): "
                                                               "test images, reconstructions (log-likelihood below), errors")
-        paths.append(out_dir / f"{table}_reconstructions_{budget}.png")
-        save_figure(fig, paths[1])
+        paths.append(save_figure(fig, out_dir / f"{table}_reconstructions_{budget}.png"))
+        fig = plot_prior_samples(models, title=f"{title} models ({PRESETS[have[0]].mnist} MNIST, `{budget}` budget): samples from the prior")
+        paths.append(save_figure(fig, out_dir / f"{table}_samples_{budget}.png"))
     return paths
 
 # %% ../nbs/09_experiments.ipynb #848c1791
