@@ -7,7 +7,7 @@ __all__ = ['TOY_MODELS', 'four_test_images', 'fit_to_images', 'latent_grid', 'lo
            'log_q_on_grid', 'posterior_report', 'mass_levels', 'plot_four_image_posteriors', 'four_image_posteriors',
            'make_figures']
 
-# %% ../nbs/12_four_image_posteriors.ipynb #76ec6780
+# %% ../nbs/12_four_image_posteriors.ipynb #492e0ce0
 import math
 import time
 from pathlib import Path
@@ -25,14 +25,14 @@ from .evaluate import evaluate
 from .train import MLPVAE, bound_terms
 from .vae import VAE, VAEConfig, bernoulli_log_likelihood
 
-# %% ../nbs/12_four_image_posteriors.ipynb #4eb3eecd
+# %% ../nbs/12_four_image_posteriors.ipynb #67c17296
 def four_test_images(n: int = 4, root: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     "`n` static-MNIST test images evenly spaced through the digit-sorted split, and their labels: `-> ([n, 1, 28, 28], [n])`."
     return evenly_spaced(load_mnist("static", root).test, n), evenly_spaced(static_test_labels(root), n)
 
 TOY_MODELS = {"diagonal": VAEConfig(latent_dim=2), "IAF": VAEConfig(latent_dim=2, posterior="iaf", iaf_depth=2, iaf_width=320)}
 
-# %% ../nbs/12_four_image_posteriors.ipynb #aa4df87c
+# %% ../nbs/12_four_image_posteriors.ipynb #6d00b816
 def fit_to_images(model: VAE, images: torch.Tensor, steps: int = 4000, k: int = 16, lr: float = 3e-3, seed: int = 0,
                   progress: bool = True) -> torch.Tensor:
     "Maximize the mean `k`-sample VLB of `images` (one full batch) with Adam and a cosine-decayed rate; return the VLB per step `[steps]`."
@@ -47,7 +47,7 @@ def fit_to_images(model: VAE, images: torch.Tensor, steps: int = 4000, k: int = 
             history[step] = vlb.detach()
     return history
 
-# %% ../nbs/12_four_image_posteriors.ipynb #78b0effb
+# %% ../nbs/12_four_image_posteriors.ipynb #0033d5d9
 def latent_grid(limit: float = 4.0, n: int = 200) -> tuple[torch.Tensor, torch.Tensor, float]:
     "Cell centres of an `n`×`n` grid on [-limit, limit]², row-major in (z2, z1): `-> (z [n*n, 2], axis [n], cell area)`."
     if n < 2 or limit <= 0: raise ValueError(f"need n >= 2 and limit > 0, got n={n}, limit={limit}")
@@ -70,7 +70,7 @@ def log_px_on_grid(log_joint: torch.Tensor, area: float) -> torch.Tensor:
     "log p(x) by the midpoint rule: `log_joint [B, G] -> [B]` (Eq. 2)."
     return torch.logsumexp(log_joint, dim=1) + math.log(area)
 
-# %% ../nbs/12_four_image_posteriors.ipynb #0bec72e0
+# %% ../nbs/12_four_image_posteriors.ipynb #0ddd6b03
 @torch.no_grad()
 def log_q_on_grid(model: VAE, images: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     "log q(z|x) of each image's posterior at every grid point, through the flow's inverse: `-> [B, G]` (Eq. 3)."
@@ -85,7 +85,7 @@ def log_q_on_grid(model: VAE, images: torch.Tensor, z: torch.Tensor) -> torch.Te
         rows.append(log_normal_diag(z0, mu[b], log_sigma[b]) - log_det)
     return torch.stack(rows)
 
-# %% ../nbs/12_four_image_posteriors.ipynb #02d7539b
+# %% ../nbs/12_four_image_posteriors.ipynb #31e319e3
 def posterior_report(model: VAE, images: torch.Tensor, labels: torch.Tensor, limit: float = 4.0, n: int = 200,
                      k: int = 4096, seed: int = 0) -> tuple[pd.DataFrame, torch.Tensor, torch.Tensor]:
     "Per image: VLB and IS log p(x) from `k` samples, grid log p(x), KL(q‖p(z|x)) two ways, q's grid mass; and log q, log p(z|x) on the grid (Eqs. 2-4)."
@@ -102,7 +102,7 @@ def posterior_report(model: VAE, images: torch.Tensor, labels: torch.Tensor, lim
     report["q_mass_on_grid"] = q_cell.sum(1).double().numpy()
     return report, log_q, log_post
 
-# %% ../nbs/12_four_image_posteriors.ipynb #4a8b485b
+# %% ../nbs/12_four_image_posteriors.ipynb #bbd687b3
 def mass_levels(density: torch.Tensor, masses=(0.9, 0.5)) -> list[float]:
     "Density levels whose super-level sets hold `masses` of a grid density (cells of equal area): `[G] -> levels`, increasing."
     p = density.flatten().double() / density.sum()
@@ -157,7 +157,7 @@ def plot_four_image_posteriors(images: torch.Tensor, labels: torch.Tensor, fits:
                  "and the true posteriors they approximate", fontsize=12)
     return fig
 
-# %% ../nbs/12_four_image_posteriors.ipynb #68127c18
+# %% ../nbs/12_four_image_posteriors.ipynb #0a25b466
 def four_image_posteriors(steps: int = 4000, limit: float = 4.0, n: int = 200, k: int = 4096, seed: int = 0,
                           progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
     "Train the diagonal and IAF toy models on the four images and measure them: `-> (images, labels, fits)`, fits as `plot_four_image_posteriors` takes."
