@@ -6,7 +6,7 @@
 __all__ = ['CIFAR_FILES', 'ARRAY_SHA256', 'CLASSES', 'VALID_IMAGES', 'IMAGE_SHAPE', 'check_arrays', 'cifar_arrays', 'CIFAR10',
            'load_cifar10', 'cifar_labels', 'cifar_subset', 'plot_cifar_grid', 'make_figures']
 
-# %% ../nbs/20_cifar_data.ipynb #52b4edbf
+# %% ../nbs/20_cifar_data.ipynb #0307727b
 import pickle
 import tarfile
 from dataclasses import dataclass
@@ -20,7 +20,7 @@ import torch
 from .data import BinarizedMNIST, DataError, DataFile, data_root, evenly_spaced, verified_file
 from .density import save_figure
 
-# %% ../nbs/20_cifar_data.ipynb #dc690066
+# %% ../nbs/20_cifar_data.ipynb #d1126e0a
 _TORONTO = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 CIFAR_FILES = {
@@ -38,7 +38,7 @@ ARRAY_SHA256 = {   # sha256 of arr.tobytes() in the NHWC layout, from shared/dat
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
-# %% ../nbs/20_cifar_data.ipynb #e95c27f4
+# %% ../nbs/20_cifar_data.ipynb #b6c6c2b9
 def _archive_arrays(path: Path) -> dict[str, np.ndarray]:
     "Decode the official python archive into NHWC uint8 images and uint8 labels, official order."
     def batch(tar, name):
@@ -66,12 +66,13 @@ def cifar_arrays(root: Path | str | None = None, download: bool = True) -> dict[
         for split in ("train", "test"):
             with np.load(verified_file(CIFAR_FILES[split], root)) as d: arrays |= {k: d[k] for k in (f"x_{split}", f"y_{split}")}
         return arrays
-    archive = verified_file(CIFAR_FILES["archive"], root, download=True)
+    try: archive = verified_file(CIFAR_FILES["archive"], root, download=True)
+    except DataError as e: raise DataError(f"{packed} not found, and the official archive could not be had instead: {e}") from e
     arrays = _archive_arrays(archive)
     check_arrays(arrays, archive)
     return arrays
 
-# %% ../nbs/20_cifar_data.ipynb #07565062
+# %% ../nbs/20_cifar_data.ipynb #9ae2f6c1
 VALID_IMAGES = 5000   # ours: the last 5000 training images validate (openai/iaf has no validation split)
 IMAGE_SHAPE = (3, 32, 32)
 
@@ -101,12 +102,12 @@ def cifar_labels(root: Path | str | None = None, download: bool = True) -> tuple
     a = cifar_arrays(root, download)
     return torch.from_numpy(a["y_train"].astype(np.int64)), torch.from_numpy(a["y_test"].astype(np.int64))
 
-# %% ../nbs/20_cifar_data.ipynb #003e33c2
+# %% ../nbs/20_cifar_data.ipynb #e0bcee60
 def cifar_subset(data: CIFAR10, train_images: int | None = None, eval_images: int | None = None) -> CIFAR10:
     "The data a budget uses: the first `train_images` training images and `eval_images` evenly spaced test images."
     return CIFAR10(data.name, data.train[:train_images], data.valid, evenly_spaced(data.test, eval_images))
 
-# %% ../nbs/20_cifar_data.ipynb #e3a38cb8
+# %% ../nbs/20_cifar_data.ipynb #f9df3d53
 def plot_cifar_grid(images: torch.Tensor, labels: torch.Tensor, per_class: int = 6):
     "The first `per_class` images of each class, one class per row."
     fig, axes = plt.subplots(10, per_class, figsize=(1.2 * per_class, 12.5))
