@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['CIFAR_FILES', 'ARRAY_SHA256', 'CLASSES', 'VALID_IMAGES', 'IMAGE_SHAPE', 'check_arrays', 'cifar_arrays', 'CIFAR10',
-           'load_cifar10', 'cifar_labels', 'cifar_subset', 'plot_cifar_grid', 'make_figures']
+           'ShardedCIFAR10', 'load_cifar10', 'cifar_labels', 'cifar_subset', 'plot_cifar_grid', 'make_figures']
 
-# %% ../nbs/20_cifar_data.ipynb #0307727b
+# %% ../nbs/20_cifar_data.ipynb #866e91cd
 import pickle
 import tarfile
 from dataclasses import dataclass
@@ -16,11 +16,12 @@ import hashlib
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from fastcore.basics import patch
 
 from .data import BinarizedMNIST, DataError, DataFile, data_root, evenly_spaced, verified_file
 from .density import save_figure
 
-# %% ../nbs/20_cifar_data.ipynb #d1126e0a
+# %% ../nbs/20_cifar_data.ipynb #99842eb5
 _TORONTO = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 CIFAR_FILES = {
@@ -38,7 +39,7 @@ ARRAY_SHA256 = {   # sha256 of arr.tobytes() in the NHWC layout, from shared/dat
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
-# %% ../nbs/20_cifar_data.ipynb #b6c6c2b9
+# %% ../nbs/20_cifar_data.ipynb #416c68dd
 def _archive_arrays(path: Path) -> dict[str, np.ndarray]:
     "Decode the official python archive into NHWC uint8 images and uint8 labels, official order."
     def batch(tar, name):
@@ -72,7 +73,7 @@ def cifar_arrays(root: Path | str | None = None, download: bool = True) -> dict[
     check_arrays(arrays, archive)
     return arrays
 
-# %% ../nbs/20_cifar_data.ipynb #9ae2f6c1
+# %% ../nbs/20_cifar_data.ipynb #6e6212fa
 VALID_IMAGES = 5000   # ours: the last 5000 training images validate (openai/iaf has no validation split)
 IMAGE_SHAPE = (3, 32, 32)
 
@@ -85,6 +86,26 @@ class CIFAR10(BinarizedMNIST):
             x = getattr(self, split)
             if x.ndim != 4 or tuple(x.shape[1:]) != IMAGE_SHAPE or x.dtype != torch.uint8:
                 raise ValueError(f"{split} must be a uint8 tensor [N, 3, 32, 32], got {x.dtype} {tuple(x.shape)}")
+
+@dataclass
+class ShardedCIFAR10(CIFAR10):
+    "CIFAR-10 for one of `world` data-parallel processes: training batches are this `rank`'s contiguous share of each global batch."
+    rank: int = 0
+    world: int = 1
+
+    def batches(self, split: str = "train", batch_size: int = 100, shuffle: bool = True, generator: torch.Generator | None = None):
+        "Like `CIFAR10.batches`; shuffled training batches of `batch_size` (global, divisible by `world`) yield `batch_size // world` images."
+        if not (split == "train" and shuffle): yield from super().batches(split, batch_size, shuffle, generator); return
+        if batch_size % self.world: raise ValueError(f"the global batch size {batch_size} must be divisible by the {self.world} processes")
+        share = batch_size // self.world
+        for x in super().batches(split, batch_size, shuffle, generator): yield x[self.rank * share:(self.rank + 1) * share]
+
+@patch
+def shard(self: CIFAR10, rank: int, world: int) -> CIFAR10:
+    "This data as seen by process `rank` of `world` (itself when `world` is 1); every process draws the same global order from the same seed."
+    if not 0 <= rank < world: raise ValueError(f"rank must lie in 0..{world - 1}, got {rank}")
+    if world == 1: return self
+    return ShardedCIFAR10(self.name, self.train, self.valid, self.test, rank=rank, world=world)
 
 def _nchw(x: np.ndarray) -> torch.Tensor:
     "NHWC uint8 array -> contiguous NCHW uint8 tensor."
@@ -102,12 +123,12 @@ def cifar_labels(root: Path | str | None = None, download: bool = True) -> tuple
     a = cifar_arrays(root, download)
     return torch.from_numpy(a["y_train"].astype(np.int64)), torch.from_numpy(a["y_test"].astype(np.int64))
 
-# %% ../nbs/20_cifar_data.ipynb #e0bcee60
+# %% ../nbs/20_cifar_data.ipynb #5967973e
 def cifar_subset(data: CIFAR10, train_images: int | None = None, eval_images: int | None = None) -> CIFAR10:
     "The data a budget uses: the first `train_images` training images and `eval_images` evenly spaced test images."
     return CIFAR10(data.name, data.train[:train_images], data.valid, evenly_spaced(data.test, eval_images))
 
-# %% ../nbs/20_cifar_data.ipynb #f9df3d53
+# %% ../nbs/20_cifar_data.ipynb #74ac898b
 def plot_cifar_grid(images: torch.Tensor, labels: torch.Tensor, per_class: int = 6):
     "The first `per_class` images of each class, one class per row."
     fig, axes = plt.subplots(10, per_class, figsize=(1.2 * per_class, 12.5))

@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['CIFAR_PRESETS', 'CIFAR_BUDGETS', 'CIFAR_TABLES', 'CIFAR_TABLE_BUDGETS', 'CIFAR_COLUMNS', 'CifarPreset',
            'get_cifar_preset', 'build_model', 'get_cifar_budget', 'cifar_run', 'build_cifar_table',
-           'cifar_table_markdown', 'write_cifar_tables', 'blog_table']
+           'cifar_table_markdown', 'write_cifar_tables', 'cifar_run_figures', 'blog_table']
 
-# %% ../nbs/24_cifar_tables.ipynb #347b03f3
+# %% ../nbs/24_cifar_tables.ipynb #4b7c8cbe
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,16 +16,16 @@ import pandas as pd
 import torch
 
 from .cifar import load_cifar10, cifar_subset
-from .cifar_vae import SIMPLE_PRESETS, CifarVAE
-from .density import provenance
+from .cifar_vae import SIMPLE_PRESETS, CifarVAE, plot_images
+from .density import provenance, save_figure
 from .discretized import CIFAR_DIMS
-from .evaluate import bits_per_dim, evaluate
+from .evaluate import bits_per_dim, evaluate, plot_training_curves
 from .experiments import (TARGETS, Budget, _read_result, _training_provenance, _write_json, result_path, run_name)
 from .resnet_vae import RESNET_PRESETS, ResNetConfig, ResNetVAE
 from .train import TrainConfig, load_ema_model, resolve_device, train
 from .vae import VAEConfig
 
-# %% ../nbs/24_cifar_tables.ipynb #8fd6e264
+# %% ../nbs/24_cifar_tables.ipynb #7888d6ee
 @dataclass(frozen=True)
 class CifarPreset:
     "One CIFAR-10 table cell: a model, and where its published number lives in targets.csv."
@@ -49,7 +49,7 @@ def build_model(preset: CifarPreset) -> CifarVAE | ResNetVAE:
     "The untrained model of a preset."
     return CifarVAE(preset.model) if isinstance(preset.model, VAEConfig) else ResNetVAE(preset.model)
 
-# %% ../nbs/24_cifar_tables.ipynb #a860f934
+# %% ../nbs/24_cifar_tables.ipynb #1078675c
 CIFAR_BUDGETS = {
     "smoke": Budget("smoke", epochs=1, batch_size=8, train_images=32, is_samples=2, eval_images=4, valid_images=8),
     "cpu": Budget("cpu", epochs=5, batch_size=64, is_samples=128, eval_images=1000, valid_images=1000, early_stop_patience=5),
@@ -61,21 +61,23 @@ def get_cifar_budget(name: str) -> Budget:
     if name not in CIFAR_BUDGETS: raise ValueError(f"unknown CIFAR budget {name!r}; valid budgets: {', '.join(CIFAR_BUDGETS)}")
     return CIFAR_BUDGETS[name]
 
-# %% ../nbs/24_cifar_tables.ipynb #788046b9
+# %% ../nbs/24_cifar_tables.ipynb #0fa6fb36
 def cifar_run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto", runs_dir: Path = Path("runs"),
-              results_dir: Path = Path("figures/tables/runs"), progress: bool = True, data=None) -> dict:
+              results_dir: Path = Path("figures/tables/runs"), progress: bool = True, data=None,
+              rank: int = 0, world: int = 1, step_wrapper=None) -> dict | None:
     "Train and evaluate one CIFAR preset at a budget; write `<results_dir>/<run>.json`, metrics and per-image values; return the results."
     p, b, dev = get_cifar_preset(preset), get_cifar_budget(budget), resolve_device(device)
     name = run_name(preset, budget, seed)
-    run_dir = Path(runs_dir) / name
+    run_dir = Path(runs_dir) / name / (f"rank{rank}" if rank else "")     # data-parallel ranks > 0 keep their own checkpoints
     trained_by = _training_provenance(run_dir, dev)
-    data = cifar_subset(data if data is not None else load_cifar10(), b.train_images, b.eval_images).to(dev)
+    data = cifar_subset(data if data is not None else load_cifar10(), b.train_images, b.eval_images).shard(rank, world).to(dev)
     torch.manual_seed(seed)
     model = build_model(p).to(dev)
     model.initialize(next(data.batches("train", b.batch_size, generator=torch.Generator(dev).manual_seed(seed))))
     config = TrainConfig(epochs=b.epochs, batch_size=b.batch_size, seed=seed, early_stop_patience=b.early_stop_patience,
                          valid_images=b.valid_images)
-    metrics = train(model, data, config, run_dir, device=dev, progress=progress)
+    metrics = train(model, data, config, run_dir, device=dev, progress=progress, step_wrapper=step_wrapper)
+    if rank: return None                                                   # rank 0 evaluates and writes the results
     averaged = load_ema_model(model, run_dir, "best")
     start = time.perf_counter()
     evaluation = evaluate(averaged, data.test, k=b.is_samples, batch_size=min(100, len(data.test)), seed=seed, progress=progress)
@@ -93,7 +95,7 @@ def cifar_run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "
     evaluation.per_image.to_csv(result_path(results_dir, preset, budget, seed, ".per_image.csv.gz"), index=False, float_format="%.4f")
     return results
 
-# %% ../nbs/24_cifar_tables.ipynb #2716d697
+# %% ../nbs/24_cifar_tables.ipynb #3cc18614
 CIFAR_TABLES = {   # table -> (title, targets.csv sources of its rows)
     "cifar-paper-t2": ("Paper Table 2: CIFAR-10 test bits/dim, ResNet VAE with IAF", ("paper-T2",)),
     "cifar-paper-t3": ("Paper Table 3: location-only (σ = 1) vs location+scale IAF, CIFAR-10 bits/dim", ("paper-T3",)),
@@ -148,7 +150,26 @@ def write_cifar_tables(results_dir: Path = Path("figures/tables/runs"), out_dir:
         (out_dir / f"{name}.md").write_text(cifar_table_markdown(df, title))
     return tables
 
-# %% ../nbs/24_cifar_tables.ipynb #a0a49f05
+# %% ../nbs/24_cifar_tables.ipynb #f78a6040
+def cifar_run_figures(budget: str = "cpu", results_dir: Path = Path("figures/tables/runs"), runs_dir: Path = Path("runs"),
+                      out_dir: Path = Path("figures"), seed: int = 0) -> list[Path]:
+    "Training curves of the CIFAR runs at `budget`, and reconstructions and samples of those whose checkpoints are in `runs_dir`."
+    names = [n for n in CIFAR_PRESETS if result_path(results_dir, n, budget, seed, ".metrics.csv").exists()]
+    if not names: return []
+    curves = {CIFAR_PRESETS[n].label: result_path(results_dir, n, budget, seed, ".metrics.csv") for n in names}
+    paths = [save_figure(plot_training_curves(curves, title=f"CIFAR-10 runs, `{budget}` budget: the two terms of the bound per epoch (nats)"),
+                         Path(out_dir) / f"cifar_training_curves_{budget}.png")]
+    test = load_cifar10().test
+    x = test[torch.linspace(0, len(test) - 1, 8).long()]
+    for n in (n for n in names if (Path(runs_dir) / run_name(n, budget, seed) / "best.pt").exists()):
+        model = load_ema_model(build_model(CIFAR_PRESETS[n]), Path(runs_dir) / run_name(n, budget, seed))
+        torch.manual_seed(seed)
+        rows = {"test image": x, "reconstruction": model.reconstruct(x), "sample": model.sample(8, torch.Generator().manual_seed(seed))}
+        fig = plot_images(rows, title=f"{CIFAR_PRESETS[n].label}, `{budget}` budget (weight average of the best epoch)")
+        paths.append(save_figure(fig, Path(out_dir) / f"{n}_{budget}_images.png"))
+    return paths
+
+# %% ../nbs/24_cifar_tables.ipynb #0bef639a
 def blog_table(results_dir: Path = Path("figures/tables/runs"), budget: str = "cpu", seed: int = 0, targets: Path = TARGETS) -> pd.DataFrame:
     "The blog's CIFAR rows (its units) beside our simple diagonal and IAF models' -VLB and -E log p(x|z) in nats per image, where run."
     t = pd.read_csv(targets)

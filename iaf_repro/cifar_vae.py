@@ -6,7 +6,7 @@
 __all__ = ['SIMPLE_PRESETS', 'check_pixels', 'CifarVAE', 'initialize_weight_norm', 'step_flops', 'step_seconds', 'epoch_cost',
            'plot_images', 'make_figures']
 
-# %% ../nbs/22_cifar_simple.ipynb #e6f0ae56
+# %% ../nbs/22_cifar_simple.ipynb #2c77a934
 import os
 import time
 from pathlib import Path
@@ -24,7 +24,7 @@ from .elbo import _positive_int
 from .train import bound_terms, free_bits_objective
 from .vae import VAE, Decoder, Encoder, Terms, VAEConfig, WeightNormLayer, make_posterior
 
-# %% ../nbs/22_cifar_simple.ipynb #cb64bf2a
+# %% ../nbs/22_cifar_simple.ipynb #797c2224
 def check_pixels(x: torch.Tensor, name: str = "x") -> int:
     "Check `x` is a uint8 CIFAR batch `[B, 3, 32, 32]`; return B."
     if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim != 4 or tuple(x.shape[1:]) != IMAGE_SHAPE:
@@ -49,7 +49,7 @@ class CifarVAE(VAE):
         means = self.decoder(z).view(k, B, *IMAGE_SHAPE)                               # [k, B, 3, 32, 32]
         return Terms(self.likelihood(means, x), log_standard_normal(z).view(k, B), log_qz)
 
-# %% ../nbs/22_cifar_simple.ipynb #f96344b1
+# %% ../nbs/22_cifar_simple.ipynb #90f92059
 def initialize_weight_norm(model: nn.Module, *inputs) -> None:
     "Data-dependent init of every weight-normalized layer of `model` by one forward pass on `inputs` (S&K Sec. 3; chapter 06 Eq. 4)."
     layers = [m for m in model.modules() if isinstance(m, WeightNormLayer)]
@@ -79,7 +79,7 @@ def sample(self: CifarVAE, n: int, generator: torch.Generator | None = None) -> 
     z = torch.randn(_positive_int(n, "n"), self.config.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
     return self.likelihood.sample(self.decoder(z), generator)
 
-# %% ../nbs/22_cifar_simple.ipynb #043448c1
+# %% ../nbs/22_cifar_simple.ipynb #8f52d6a4
 def step_flops(model: nn.Module, x: torch.Tensor) -> int:
     "Floating-point operations of one training step (forward + backward of the negative VLB, one sample) on `x`."
     with FlopCounterMode(display=False) as counter:
@@ -105,14 +105,14 @@ def epoch_cost(model: nn.Module, x: torch.Tensor, train_images: int = 45_000, st
     return dict(batch=len(x), step_gflop=flops / 1e9, epoch_tflop=flops * batches / 1e12, step_seconds=seconds,
                 epoch_hours=seconds * batches / 3600, threads=torch.get_num_threads(), load_avg_1min=os.getloadavg()[0])
 
-# %% ../nbs/22_cifar_simple.ipynb #bff3cdb6
+# %% ../nbs/22_cifar_simple.ipynb #dd6b5e62
 SIMPLE_PRESETS = {   # replication Table 3 row key (reference/targets.csv) -> (label, VAEConfig); depth/width as in IAF Table 1
     "diag": ("Simple model, diagonal covariance", VAEConfig(posterior="diagonal")),
     **{f"iaf-d{d}-w{w}": (f"Simple model, IAF depth {d} width {w}", VAEConfig(posterior="iaf", iaf_depth=d, iaf_width=w))
        for d, w in [(2, 320), (2, 1920), (4, 1920), (8, 1920)]},
 }
 
-# %% ../nbs/22_cifar_simple.ipynb #f3888124
+# %% ../nbs/22_cifar_simple.ipynb #e435a004
 def plot_images(rows: dict[str, torch.Tensor], n: int = 8, title: str = ""):
     "A grid of uint8 images `[N, 3, 32, 32]`, one labelled row per entry of `rows`."
     fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n, 1.45 * len(rows)), squeeze=False)

@@ -6,7 +6,7 @@
 __all__ = ['TOP_SHAPE', 'RESNET_PRESETS', 'ResNetConfig', 'pixelcnn_masks', 'MaskedConv2d', 'ARConv', 'MaskedIAFStep',
            'log_normal_elementwise', 'StochasticLayer', 'free_bits_kl', 'ResNetVAE', 'sampling_seconds', 'make_figures']
 
-# %% ../nbs/23_resnet_vae.ipynb #f9774e29
+# %% ../nbs/23_resnet_vae.ipynb #1dafe456
 import math
 import os
 import time
@@ -20,14 +20,14 @@ from fastcore.basics import patch
 from torch import nn
 
 from .cifar import IMAGE_SHAPE
-from .cifar_vae import check_pixels, initialize_weight_norm, plot_images
+from .cifar_vae import check_pixels, epoch_cost, initialize_weight_norm, plot_images
 from .density import LOG_2PI, save_figure
 from .discretized import DiscretizedLogistic, to_unit
 from .elbo import _positive_int
 from .made import made_degrees, made_masks
 from .vae import Terms, WNConv2d, WNConvTranspose2d
 
-# %% ../nbs/23_resnet_vae.ipynb #a0cdf6f3
+# %% ../nbs/23_resnet_vae.ipynb #f66c7b38
 @dataclass(frozen=True)
 class ResNetConfig:
     "One ResNet VAE of IAF App. C; one cell of the paper's Table 3/4 or the replication's Table 4 is one config."
@@ -45,7 +45,7 @@ class ResNetConfig:
         if self.iaf_hidden_layers not in (0, 1, 2): raise ValueError(f"iaf_hidden_layers must be 0, 1 or 2, got {self.iaf_hidden_layers}")
         if not self.free_bits >= 0: raise ValueError(f"free_bits must be >= 0 nats, got {self.free_bits}")
 
-# %% ../nbs/23_resnet_vae.ipynb #fab6de09
+# %% ../nbs/23_resnet_vae.ipynb #4f8a4bf0
 def pixelcnn_masks(channels: int, hidden: list[int], n_params: int = 2) -> list[torch.Tensor]:
     "Kernel masks `[out, in, 3, 3]` of each layer: rows above and the pixel to the left open, MADE channel masks at the centre (Eq. 3)."
     degrees = made_degrees(channels, list(hidden), has_context=True)
@@ -81,7 +81,7 @@ class ARConv(nn.Module):
         m, s = (0.1 * self.layers[-1](a)).chunk(2, dim=1)                           # openai/iaf: 0.1-scaled outputs
         return m, s
 
-# %% ../nbs/23_resnet_vae.ipynb #e1598579
+# %% ../nbs/23_resnet_vae.ipynb #d312ec7e
 class MaskedIAFStep(nn.Module):
     "z' = (z - m) e^{-s}, [m, s] = AR(z, c): `z [B, C, H, W], context [B, Hc, H, W] -> (z' [B, C, H, W], log_det [B])` (Eqs. 2, 4)."
     def __init__(self, channels: int, hidden: int, hidden_layers: int = 1, learned_sigma: bool = True):
@@ -98,18 +98,18 @@ class MaskedIAFStep(nn.Module):
         z_new, s = self.transform(z, context)
         return z_new, -s.flatten(1).sum(1)
 
-# %% ../nbs/23_resnet_vae.ipynb #277eae75
+# %% ../nbs/23_resnet_vae.ipynb #564aab1e
 def log_normal_elementwise(z: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
     "log N(z; μ, σ²) per element (not summed), the per-feature-map KL needs it: `-> z.shape` (Eq. 1)."
     return -(0.5 * ((z - mu) * torch.exp(-log_sigma)) ** 2 + log_sigma + 0.5 * LOG_2PI)
 
 class StochasticLayer(nn.Module):
     "One layer of the ResNet VAE: a bottom-up and a top-down residual unit with z_l inside the top-down residual function (IAF App. C)."
-    def __init__(self, config: ResNetConfig):
+    def __init__(self, config: ResNetConfig, top: bool = False):
         super().__init__()
         h, z, self.config = config.hidden, config.latent, config
         self.up_in = WNConv2d(h, 2 * z + 2 * h, init_scale=0.1)     # q↑ mean, q↑ log σ, context c↑, features (see the note on init)
-        self.up_out = WNConv2d(h, h, init_scale=0.1)
+        self.up_out = None if top else WNConv2d(h, h, init_scale=0.1)   # the top layer's bottom-up output would feed nothing
         n_down = (4 if config.bidirectional else 2) * z + 2 * h
         self.down_in = WNConv2d(h, n_down, init_scale=0.1)          # prior mean, log σ, [q↓ mean, log σ], context c↓, features
         self.down_out = WNConv2d(z + h, h, init_scale=0.1)
@@ -119,6 +119,7 @@ class StochasticLayer(nn.Module):
         "Bottom-up unit: `h [B, hidden, H, W] -> (h', (q↑ mean, q↑ log σ, c↑))`."
         z, hid = self.config.latent, self.config.hidden
         q_mu, q_log_sigma, context, a = self.up_in(F.elu(h)).split([z, z, hid, hid], dim=1)
+        if self.up_out is None: return h, (q_mu, q_log_sigma, context)
         return h + self.config.residual_scale * self.up_out(F.elu(a)), (q_mu, q_log_sigma, context)
 
     def down(self, h: torch.Tensor, up: tuple | None, generator: torch.Generator | None = None):
@@ -141,14 +142,14 @@ class StochasticLayer(nn.Module):
             log_p = log_normal_elementwise(z, p_mu, p_log_sigma)
         return h + self.config.residual_scale * self.down_out(F.elu(torch.cat([z, a], dim=1))), log_q, log_p
 
-# %% ../nbs/23_resnet_vae.ipynb #a29e6726
+# %% ../nbs/23_resnet_vae.ipynb #f985f6a1
 def free_bits_kl(kl_maps: torch.Tensor, free_bits: float) -> torch.Tensor:
     "Per-image KL term of Eq. 5: `kl_maps [B, J]` (KL of each latent feature map) `-> [B]`, batch mean = Σ_j max(λ, mean_b KL_bj) (Eq. 5)."
     if not free_bits >= 0: raise ValueError(f"free_bits must be >= 0 nats, got {free_bits}")
     above = kl_maps.mean(0, keepdim=True) > free_bits                               # [1, J]
     return torch.where(above, kl_maps, torch.full_like(kl_maps, free_bits)).sum(1)
 
-# %% ../nbs/23_resnet_vae.ipynb #ecefdc02
+# %% ../nbs/23_resnet_vae.ipynb #7bdf57ca
 TOP_SHAPE = (IMAGE_SHAPE[1] // 2, IMAGE_SHAPE[2] // 2)   # every layer works at 16 x 16
 
 class ResNetVAE(nn.Module):
@@ -157,7 +158,7 @@ class ResNetVAE(nn.Module):
         super().__init__()
         self.config = config
         self.encode_in = WNConv2d(IMAGE_SHAPE[0], config.hidden, stride=2)                    # 32 -> 16
-        self.layers = nn.ModuleList(StochasticLayer(config) for _ in range(config.depth))
+        self.layers = nn.ModuleList(StochasticLayer(config, top=l == config.depth - 1) for l in range(config.depth))
         self.h_top = nn.Parameter(torch.randn(config.hidden, *TOP_SHAPE))                      # the learned top h_{L+1} (see the note)
         self.decode_out = WNConvTranspose2d(config.hidden, IMAGE_SHAPE[0])                     # 16 -> 32: locations μ
         self.likelihood = DiscretizedLogistic(IMAGE_SHAPE[0])
@@ -189,7 +190,7 @@ class ResNetVAE(nn.Module):
         total = lambda terms: torch.stack([t.flatten(1).sum(1) for t in terms]).sum(0).view(k, B)
         return Terms(log_px_z, total(log_p), total(log_q))
 
-# %% ../nbs/23_resnet_vae.ipynb #c3d0f7ee
+# %% ../nbs/23_resnet_vae.ipynb #6bdcad52
 @patch
 def initialize(self: ResNetVAE, x: torch.Tensor) -> None:
     "Data-dependent weight-norm init on one uint8 batch `x [B >= 2, 3, 32, 32]` (chapter 06 Eq. 4)."
@@ -230,7 +231,7 @@ def sampling_seconds(model: ResNetVAE, n: int, repeats: int = 3) -> dict:
     return dict(n=n, seconds=min(times), seconds_per_image=min(times) / n, device=str(device),
                 threads=torch.get_num_threads(), load_avg_1min=os.getloadavg()[0])
 
-# %% ../nbs/23_resnet_vae.ipynb #5e08d7b5
+# %% ../nbs/23_resnet_vae.ipynb #221982d6
 def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
     "Render this chapter's figure (samples and reconstructions of an initialized, untrained depth-4 model) into `out_dir`."
     from iaf_repro.cifar import load_cifar10
@@ -242,7 +243,7 @@ def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
     fig = plot_images(rows, title="ResNet VAE (depth 4, initialized, untrained): reconstructions and samples")
     return [save_figure(fig, Path(out_dir) / "resnet_vae_untrained.png")]
 
-# %% ../nbs/23_resnet_vae.ipynb #5bb100ad
+# %% ../nbs/23_resnet_vae.ipynb #3394bed5
 def _cell(depth, bidirectional=True, iaf=1, learned=True, free_bits=0.25):
     return ResNetConfig(depth=depth, bidirectional=bidirectional, iaf_hidden_layers=iaf, learned_sigma=learned, free_bits=free_bits)
 
