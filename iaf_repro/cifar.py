@@ -6,7 +6,7 @@
 __all__ = ['CIFAR_FILES', 'ARRAY_SHA256', 'CLASSES', 'VALID_IMAGES', 'IMAGE_SHAPE', 'check_arrays', 'cifar_arrays', 'CIFAR10',
            'ShardedCIFAR10', 'load_cifar10', 'cifar_labels', 'cifar_subset', 'plot_cifar_grid', 'make_figures']
 
-# %% ../nbs/20_cifar_data.ipynb #866e91cd
+# %% ../nbs/20_cifar_data.ipynb #ac286392
 import pickle
 import tarfile
 from dataclasses import dataclass
@@ -21,7 +21,7 @@ from fastcore.basics import patch
 from .data import BinarizedMNIST, DataError, DataFile, data_root, evenly_spaced, verified_file
 from .density import save_figure
 
-# %% ../nbs/20_cifar_data.ipynb #99842eb5
+# %% ../nbs/20_cifar_data.ipynb #7abf8d14
 _TORONTO = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 CIFAR_FILES = {
@@ -39,7 +39,7 @@ ARRAY_SHA256 = {   # sha256 of arr.tobytes() in the NHWC layout, from shared/dat
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
-# %% ../nbs/20_cifar_data.ipynb #416c68dd
+# %% ../nbs/20_cifar_data.ipynb #6efd9363
 def _archive_arrays(path: Path) -> dict[str, np.ndarray]:
     "Decode the official python archive into NHWC uint8 images and uint8 labels, official order."
     def batch(tar, name):
@@ -73,7 +73,7 @@ def cifar_arrays(root: Path | str | None = None, download: bool = True) -> dict[
     check_arrays(arrays, archive)
     return arrays
 
-# %% ../nbs/20_cifar_data.ipynb #6e6212fa
+# %% ../nbs/20_cifar_data.ipynb #538c5ad5
 VALID_IMAGES = 5000   # ours: the last 5000 training images validate (openai/iaf has no validation split)
 IMAGE_SHAPE = (3, 32, 32)
 
@@ -123,12 +123,12 @@ def cifar_labels(root: Path | str | None = None, download: bool = True) -> tuple
     a = cifar_arrays(root, download)
     return torch.from_numpy(a["y_train"].astype(np.int64)), torch.from_numpy(a["y_test"].astype(np.int64))
 
-# %% ../nbs/20_cifar_data.ipynb #5967973e
+# %% ../nbs/20_cifar_data.ipynb #cf6dd538
 def cifar_subset(data: CIFAR10, train_images: int | None = None, eval_images: int | None = None) -> CIFAR10:
     "The data a budget uses: the first `train_images` training images and `eval_images` evenly spaced test images."
     return CIFAR10(data.name, data.train[:train_images], data.valid, evenly_spaced(data.test, eval_images))
 
-# %% ../nbs/20_cifar_data.ipynb #74ac898b
+# %% ../nbs/20_cifar_data.ipynb #bc68e446
 def plot_cifar_grid(images: torch.Tensor, labels: torch.Tensor, per_class: int = 6):
     "The first `per_class` images of each class, one class per row."
     fig, axes = plt.subplots(10, per_class, figsize=(1.2 * per_class, 12.5))

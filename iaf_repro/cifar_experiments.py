@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['CIFAR_PRESETS', 'CIFAR_BUDGETS', 'CIFAR_TABLES', 'CIFAR_TABLE_BUDGETS', 'CIFAR_COLUMNS', 'CifarPreset',
            'get_cifar_preset', 'build_model', 'get_cifar_budget', 'cifar_run', 'build_cifar_table',
-           'cifar_table_markdown', 'write_cifar_tables', 'cifar_run_figures', 'blog_table']
+           'cifar_table_markdown', 'write_cifar_tables', 'paired_bits_per_dim', 'cifar_run_figures', 'blog_table']
 
-# %% ../nbs/24_cifar_tables.ipynb #4b7c8cbe
+# %% ../nbs/24_cifar_tables.ipynb #7dadfc10
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ from .resnet_vae import RESNET_PRESETS, ResNetConfig, ResNetVAE
 from .train import TrainConfig, load_ema_model, resolve_device, train
 from .vae import VAEConfig
 
-# %% ../nbs/24_cifar_tables.ipynb #7888d6ee
+# %% ../nbs/24_cifar_tables.ipynb #2107ddfa
 @dataclass(frozen=True)
 class CifarPreset:
     "One CIFAR-10 table cell: a model, and where its published number lives in targets.csv."
@@ -49,7 +49,7 @@ def build_model(preset: CifarPreset) -> CifarVAE | ResNetVAE:
     "The untrained model of a preset."
     return CifarVAE(preset.model) if isinstance(preset.model, VAEConfig) else ResNetVAE(preset.model)
 
-# %% ../nbs/24_cifar_tables.ipynb #1078675c
+# %% ../nbs/24_cifar_tables.ipynb #3d756e03
 CIFAR_BUDGETS = {
     "smoke": Budget("smoke", epochs=1, batch_size=8, train_images=32, is_samples=2, eval_images=4, valid_images=8),
     "cpu": Budget("cpu", epochs=5, batch_size=64, is_samples=128, eval_images=1000, valid_images=1000, early_stop_patience=5),
@@ -61,7 +61,7 @@ def get_cifar_budget(name: str) -> Budget:
     if name not in CIFAR_BUDGETS: raise ValueError(f"unknown CIFAR budget {name!r}; valid budgets: {', '.join(CIFAR_BUDGETS)}")
     return CIFAR_BUDGETS[name]
 
-# %% ../nbs/24_cifar_tables.ipynb #0fa6fb36
+# %% ../nbs/24_cifar_tables.ipynb #706f05f2
 def cifar_run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto", runs_dir: Path = Path("runs"),
               results_dir: Path = Path("figures/tables/runs"), progress: bool = True, data=None,
               rank: int = 0, world: int = 1, step_wrapper=None) -> dict | None:
@@ -95,7 +95,7 @@ def cifar_run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "
     evaluation.per_image.to_csv(result_path(results_dir, preset, budget, seed, ".per_image.csv.gz"), index=False, float_format="%.4f")
     return results
 
-# %% ../nbs/24_cifar_tables.ipynb #3cc18614
+# %% ../nbs/24_cifar_tables.ipynb #ed637d54
 CIFAR_TABLES = {   # table -> (title, targets.csv sources of its rows)
     "cifar-paper-t2": ("Paper Table 2: CIFAR-10 test bits/dim, ResNet VAE with IAF", ("paper-T2",)),
     "cifar-paper-t3": ("Paper Table 3: location-only (σ = 1) vs location+scale IAF, CIFAR-10 bits/dim", ("paper-T3",)),
@@ -132,7 +132,7 @@ def cifar_table_markdown(df: pd.DataFrame, title: str) -> str:
     out = [f"## {title}\n", "| model | budget | bits/dim (ours, IS) | bits/dim (ours, VLB) | bits/dim (published) | source | epochs (best) | K | test images | device, threads | train min | commit (trained / evaluated) |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in df.itertuples():
-        pub = "—" if pd.isna(r.published_bits_per_dim) else f"{r.published_bits_per_dim:.3g}"
+        pub = "—" if pd.isna(r.published_bits_per_dim) else f"{r.published_bits_per_dim:g}"
         if r.status != "ran":
             out.append(f"| {r.model} | {r.budget} | not yet run at this budget | | {pub} | {r.published_source} | | | | | | |")
             continue
@@ -150,7 +150,15 @@ def write_cifar_tables(results_dir: Path = Path("figures/tables/runs"), out_dir:
         (out_dir / f"{name}.md").write_text(cifar_table_markdown(df, title))
     return tables
 
-# %% ../nbs/24_cifar_tables.ipynb #f78a6040
+# %% ../nbs/24_cifar_tables.ipynb #6e4b3dcd
+def paired_bits_per_dim(a: str, b: str, budget: str = "cpu", results_dir: Path = Path("figures/tables/runs"), seed: int = 0) -> dict:
+    "Mean and standard error over test images of bits/dim(a) - bits/dim(b), from the per-image IS log p(x) of two runs on the same images."
+    per = [pd.read_csv(result_path(results_dir, n, budget, seed, ".per_image.csv.gz")) for n in (a, b)]
+    if len(per[0]) != len(per[1]): raise ValueError(f"{a} and {b} were scored on different numbers of test images")
+    d = bits_per_dim(per[0].log_px - per[1].log_px, CIFAR_DIMS)
+    return dict(a=a, b=b, n=len(d), mean=float(d.mean()), se=float(d.std(ddof=1) / len(d) ** 0.5))
+
+# %% ../nbs/24_cifar_tables.ipynb #02f1f7d0
 def cifar_run_figures(budget: str = "cpu", results_dir: Path = Path("figures/tables/runs"), runs_dir: Path = Path("runs"),
                       out_dir: Path = Path("figures"), seed: int = 0) -> list[Path]:
     "Training curves of the CIFAR runs at `budget`, and reconstructions and samples of those whose checkpoints are in `runs_dir`."
@@ -169,7 +177,7 @@ def cifar_run_figures(budget: str = "cpu", results_dir: Path = Path("figures/tab
         paths.append(save_figure(fig, Path(out_dir) / f"{n}_{budget}_images.png"))
     return paths
 
-# %% ../nbs/24_cifar_tables.ipynb #0bef639a
+# %% ../nbs/24_cifar_tables.ipynb #486a4a17
 def blog_table(results_dir: Path = Path("figures/tables/runs"), budget: str = "cpu", seed: int = 0, targets: Path = TARGETS) -> pd.DataFrame:
     "The blog's CIFAR rows (its units) beside our simple diagonal and IAF models' -VLB and -E log p(x|z) in nats per image, where run."
     t = pd.read_csv(targets)

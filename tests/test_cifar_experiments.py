@@ -50,3 +50,14 @@ def test_every_table_cell_has_a_preset_and_names_are_checked():
     with pytest.raises(ValueError, match="valid presets"): get_cifar_preset("cifar-nope")
     with pytest.raises(ValueError, match="valid budgets"): get_cifar_budget("huge")
     with pytest.raises(ValueError, match="valid tables"): build_cifar_table("table9")
+
+
+def test_paired_difference_of_two_runs(tmp_path):
+    from iaf_repro.cifar_experiments import paired_bits_per_dim
+    for preset in ("cifar-simple-diag", "cifar-simple-iaf-d2-w320"):
+        cifar_run(preset, "smoke", runs_dir=tmp_path / "runs", results_dir=tmp_path, progress=False, data=_data())
+    d = paired_bits_per_dim("cifar-simple-iaf-d2-w320", "cifar-simple-diag", "smoke", tmp_path)
+    a, b = (pd.read_csv(tmp_path / f"{n}__smoke__s0.per_image.csv.gz").log_px for n in ("cifar-simple-iaf-d2-w320", "cifar-simple-diag"))
+    assert d["n"] == 4 and d["mean"] == pytest.approx(-(a - b).mean() / (3072 * 0.6931471805599453))
+    same = paired_bits_per_dim("cifar-simple-diag", "cifar-simple-diag", "smoke", tmp_path)
+    assert same["mean"] == 0 and same["se"] == 0
