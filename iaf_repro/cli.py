@@ -32,6 +32,10 @@ CHAPTERS = {                      # chapter name -> the module that draws its fi
     "four_images": "iaf_repro.four_images",
     "manifold": "iaf_repro.manifold",
     "blog": "iaf_repro.blog",
+    "cifar_data": "iaf_repro.cifar",
+    "discretized_logistic": "iaf_repro.discretized",
+    "cifar_simple": "iaf_repro.cifar_vae",
+    "resnet_vae": "iaf_repro.resnet_vae",
 }
 
 def _check_chapters(names: list[str] | None) -> list[str]:
@@ -136,13 +140,13 @@ def _parser() -> argparse.ArgumentParser:
     for q in (rep, fig):
         q.add_argument("--out", type=Path, default=Path("figures"), help="output folder (default: figures)")
         q.add_argument("--quick", action="store_true", help="seconds-long smoke versions of the chapter figures")
-    tr = sub.add_parser("train", help="train and evaluate one preset (a table row)")
+    tr = sub.add_parser("train", help="train and evaluate one preset (a table row; CIFAR-10 presets start with cifar-)")
     tr.add_argument("preset")
     tr.add_argument("--budget", default="cpu")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default="auto")
     tb = sub.add_parser("table", help="assemble table 1 or 2 from the results files")
-    tb.add_argument("number", choices=["1", "2"])
+    tb.add_argument("number", choices=["1", "2", "cifar"], help="1 or 2 (MNIST), or cifar (every CIFAR-10 table)")
     rd = sub.add_parser("readme", help="render README.md from nbs/index.ipynb")
     rd.add_argument("--index", type=Path, default=Path("nbs/index.ipynb"))
     rd.add_argument("--out", type=Path, default=Path("README.md"))
@@ -162,12 +166,19 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "figures":
             render_figures(args.chapters, args.out, args.quick)
         elif args.command == "train":
-            result = importlib.import_module("iaf_repro.experiments").run(args.preset, args.budget, args.seed, device=args.device)
+            if args.preset.startswith("cifar-"):
+                result = importlib.import_module("iaf_repro.cifar_experiments").cifar_run(args.preset, args.budget, args.seed, device=args.device)
+            else:
+                result = importlib.import_module("iaf_repro.experiments").run(args.preset, args.budget, args.seed, device=args.device)
             print(json.dumps(result, indent=1))
         elif args.command == "table":
-            experiments = importlib.import_module("iaf_repro.experiments")
-            experiments.write_table(f"table{args.number}")
-            print(Path(f"figures/tables/table{args.number}.md").read_text())
+            if args.number == "cifar":
+                cifar = importlib.import_module("iaf_repro.cifar_experiments")
+                for name in cifar.write_cifar_tables(): print(Path(f"figures/tables/{name}.md").read_text())
+            else:
+                experiments = importlib.import_module("iaf_repro.experiments")
+                experiments.write_table(f"table{args.number}")
+                print(Path(f"figures/tables/table{args.number}.md").read_text())
         elif args.command == "readme":
             if not args.index.exists(): raise FileNotFoundError(f"{args.index} not found: run from the repository root")
             args.out.write_text(render_readme(args.index))

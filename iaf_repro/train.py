@@ -267,8 +267,8 @@ def _epoch_row(epoch, run, train_means, valid_means, lr, seconds) -> dict:
 
 # %% ../nbs/07_train.ipynb #5f63567a
 def train(model: nn.Module, data: BinarizedMNIST, config: TrainConfig, run_dir: Path, device="cpu",
-          progress: bool = True, resume: bool = True) -> pd.DataFrame:
-    "Train `model` in place on `data` (resuming `run_dir` if it holds a checkpoint); return the per-epoch metrics."
+          progress: bool = True, resume: bool = True, step_wrapper=None) -> pd.DataFrame:
+    "Train `model` in place on `data` (resuming `run_dir` if it holds a checkpoint); return the per-epoch metrics. `step_wrapper(model)` (e.g. DistributedDataParallel, chapter 25) runs the training forward pass."
     device, run_dir = resolve_device(device), Path(run_dir)
     checkpoint = run_dir / "checkpoint.pt"
     if checkpoint.exists() and not resume:
@@ -285,7 +285,8 @@ def train(model: nn.Module, data: BinarizedMNIST, config: TrainConfig, run_dir: 
     else:
         torch.manual_seed(config.seed); generator.manual_seed(config.seed)
         run = dict(epoch=0, steps=0, best_vlb=-math.inf, best_epoch=0, since_best=0, stopped=False, rows=[])
-    step_model = torch.compile(model) if config.compile else model
+    step_model = model if step_wrapper is None else step_wrapper(model)
+    step_model = torch.compile(step_model) if config.compile else step_model
     valid = data.valid[: config.valid_images]
     steps_per_epoch = min(len(data.train) // config.batch_size, config.max_steps_per_epoch or math.inf)
     first = config.epochs + 1 if run["stopped"] else run["epoch"] + 1                # a run stopped early stays stopped

@@ -146,13 +146,13 @@ class VAEConfig:
 
 # %% ../nbs/06_vae.ipynb #c10445d8
 class Encoder(nn.Module):
-    "ResNet encoder: `x [B, 1, 28, 28] -> (mu [B, D], log_sigma [B, D], h [B, C] or None)` (Eq. 6; IAF App. B)."
-    def __init__(self, config: VAEConfig, context_dim: int = 0):
+    "ResNet encoder: `x [B, in_channels, 28, 28] -> (mu [B, D], log_sigma [B, D], h [B, C] or None)`; 32 × 32 inputs also end at 4 × 4 (Eq. 6; IAF App. B)."
+    def __init__(self, config: VAEConfig, context_dim: int = 0, in_channels: int = IMAGE_SHAPE[0]):
         super().__init__()
         c1, c2, c3 = config.channels
-        self.blocks = nn.Sequential(ResBlock(1, c1, "down"), ResBlock(c1, c1),          # 28 -> 14
-                                    ResBlock(c1, c2, "down"), ResBlock(c2, c2),         # 14 -> 7
-                                    ResBlock(c2, c3, "down"))                           # 7 -> 4
+        self.blocks = nn.Sequential(ResBlock(in_channels, c1, "down"), ResBlock(c1, c1),  # 28 -> 14 (CIFAR: 32 -> 16)
+                                    ResBlock(c1, c2, "down"), ResBlock(c2, c2),          # 14 -> 7 (16 -> 8)
+                                    ResBlock(c2, c3, "down"))                            # 7 -> 4 (8 -> 4)
         self.dense = WNLinear(c3 * 4 * 4, config.hidden_dim)
         self.mu_log_sigma = WNLinear(config.hidden_dim, 2 * config.latent_dim, init_scale=0.1)
         self.context = WNLinear(config.hidden_dim, context_dim) if context_dim else None
@@ -163,16 +163,16 @@ class Encoder(nn.Module):
         return mu, log_sigma, (None if self.context is None else self.context(a))      # h: [B, C]
 
 class Decoder(nn.Module):
-    "The encoder mirrored with transposed convolutions: `z [N, D] -> Bernoulli logits [N, 1, 28, 28]` (IAF App. B)."
-    def __init__(self, config: VAEConfig):
+    "The encoder mirrored with transposed convolutions: `z [N, D] -> [N, out_channels, 28, 28]` (Bernoulli logits; 32 × 32 with `first_output_padding=1`) (IAF App. B)."
+    def __init__(self, config: VAEConfig, out_channels: int = IMAGE_SHAPE[0], first_output_padding: int = 0):
         super().__init__()
         c1, c2, c3 = config.channels
         self.dense = nn.Sequential(WNLinear(config.latent_dim, config.hidden_dim), nn.ELU(),
                                    WNLinear(config.hidden_dim, c3 * 4 * 4), nn.ELU())
-        self.blocks = nn.Sequential(ResBlock(c3, c2, "up", output_padding=0), ResBlock(c2, c2),   # 4 -> 7
+        self.blocks = nn.Sequential(ResBlock(c3, c2, "up", first_output_padding), ResBlock(c2, c2),   # 4 -> 7 (CIFAR: 4 -> 8)
                                     ResBlock(c2, c1, "up"), ResBlock(c1, c1),                    # 7 -> 14
                                     ResBlock(c1, c1, "up"))                                      # 14 -> 28
-        self.logits = WNConv2d(c1, IMAGE_SHAPE[0])
+        self.logits = WNConv2d(c1, out_channels)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         a = self.dense(z).view(z.shape[0], -1, 4, 4)                                   # [N, 32, 4, 4]

@@ -44,3 +44,13 @@ def test_the_package_root_gives_the_flows():
     for name in ("FlowChain", "PlanarFlow", "RadialFlow", "AdditiveCoupling", "MADE", "IAF", "IAFStep", "iaf_log_q",
                  "elbo", "iwae_bound", "importance_sampled_log_px"):
         assert hasattr(iaf_repro, name), name
+
+
+def test_cifar_commands_are_registered(tmp_path, monkeypatch, capsys):
+    assert {"cifar_data", "discretized_logistic", "cifar_simple", "resnet_vae"} <= set(CHAPTERS)
+    assert main(["train", "cifar-nope", "--budget", "smoke"]) == 2
+    assert "unknown CIFAR preset" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    assert main(["table", "cifar"]) == 0
+    assert "not yet run at this budget" in capsys.readouterr().out
+    assert (tmp_path / "figures" / "tables" / "cifar-paper-t4.md").exists()

@@ -1,0 +1,63 @@
+"""CIFAR presets, budgets, runs and tables (chapter 24), on synthetic pixels."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from iaf_repro.cifar import CIFAR10
+from iaf_repro.cifar_experiments import (CIFAR_BUDGETS, CIFAR_PRESETS, CIFAR_TABLES, build_cifar_table, cifar_run,
+                                         cifar_table_markdown, get_cifar_budget, get_cifar_preset)
+from iaf_repro.experiments import TARGETS
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    px = lambda n: torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    return CIFAR10("synthetic", px(40), px(8), px(8))
+
+
+@pytest.mark.parametrize("preset", ["cifar-simple-diag", "cifar-resnet-d4-bi-iaf1h"])
+def test_smoke_run_writes_results_with_provenance(preset, tmp_path):
+    r = cifar_run(preset, "smoke", runs_dir=tmp_path / "runs", results_dir=tmp_path / "res", progress=False, data=_data())
+    saved = json.loads((tmp_path / "res" / f"{preset}__smoke__s0.json").read_text())
+    for key in ("bits_per_dim", "bits_per_dim_vlb", "epochs", "device", "seed", "is_samples", "commit", "trained_commit", "eval_seconds"):
+        assert key in saved
+    assert saved["bits_per_dim"] == pytest.approx(-r["log_px"] / (3072 * 0.6931471805599453))
+    assert saved["bits_per_dim"] <= saved["bits_per_dim_vlb"] + 1e-9         # IS log p(x) >= VLB on the same samples
+    assert (tmp_path / "res" / f"{preset}__smoke__s0.per_image.csv.gz").exists()
+
+
+def test_tables_say_not_yet_run_and_carry_published_numbers(tmp_path):
+    df = build_cifar_table("cifar-paper-t4", tmp_path)
+    assert set(df.status) == {"not yet run at this budget"} and len(df) == 2 * 8
+    row = df[df.preset == "cifar-resnet-d8-bi-iaf2h"].iloc[0]
+    t = pd.read_csv(TARGETS)
+    assert row.published_bits_per_dim == t[(t.table == "paper-T4") & (t.row == "d8-bi-iaf2h")].value.iloc[0]
+    assert "not yet run at this budget" in cifar_table_markdown(df, "T4")
+
+
+def test_a_run_enters_its_table(tmp_path):
+    cifar_run("cifar-simple-diag", "smoke", runs_dir=tmp_path / "runs", results_dir=tmp_path, progress=False, data=_data())
+    df = build_cifar_table("cifar-replication-t3", tmp_path, budgets=("smoke",))
+    ran = df[df.status == "ran"]
+    assert list(ran.preset) == ["cifar-simple-diag"] and ran.bits_per_dim.notna().all()
+
+
+def test_every_table_cell_has_a_preset_and_names_are_checked():
+    assert {p.source for p in CIFAR_PRESETS.values()} == {s for _, sources in CIFAR_TABLES.values() for s in sources}
+    assert set(CIFAR_BUDGETS) == {"smoke", "cpu", "paper"}
+    with pytest.raises(ValueError, match="valid presets"): get_cifar_preset("cifar-nope")
+    with pytest.raises(ValueError, match="valid budgets"): get_cifar_budget("huge")
+    with pytest.raises(ValueError, match="valid tables"): build_cifar_table("table9")
+
+
+def test_paired_difference_of_two_runs(tmp_path):
+    from iaf_repro.cifar_experiments import paired_bits_per_dim
+    for preset in ("cifar-simple-diag", "cifar-simple-iaf-d2-w320"):
+        cifar_run(preset, "smoke", runs_dir=tmp_path / "runs", results_dir=tmp_path, progress=False, data=_data())
+    d = paired_bits_per_dim("cifar-simple-iaf-d2-w320", "cifar-simple-diag", "smoke", tmp_path)
+    a, b = (pd.read_csv(tmp_path / f"{n}__smoke__s0.per_image.csv.gz").log_px for n in ("cifar-simple-iaf-d2-w320", "cifar-simple-diag"))
+    assert d["n"] == 4 and d["mean"] == pytest.approx(-(a - b).mean() / (3072 * 0.6931471805599453))
+    same = paired_bits_per_dim("cifar-simple-diag", "cifar-simple-diag", "smoke", tmp_path)
+    assert same["mean"] == 0 and same["se"] == 0
