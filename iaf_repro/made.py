@@ -82,10 +82,10 @@ _PACKED = weakref.WeakKeyDictionary()         # MaskedLinear -> (versions of wei
 _plain_forward = MaskedLinear.forward
 
 def _onednn_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    "Whether oneDNN may compute this product: float32 on CPU, 2-D contiguous input, no gradient wanted, no autocast."
+    "Whether oneDNN may compute this product: float32 on CPU, 2-D contiguous input, no gradient wanted, no autocast, not compiling."
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.ndim == 2 and x.is_contiguous()
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            and not torch.is_autocast_enabled("cpu") and torch.backends.mkldnn.is_available())
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling() and torch.backends.mkldnn.is_available())
 
 def _packed_masked_weight(layer: MaskedLinear, rows: int) -> torch.Tensor:
     "W ⊙ M in oneDNN's packed layout, packed again only when the weight or the mask has changed (MADE Eq. 12)."
