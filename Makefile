@@ -35,3 +35,10 @@ test: setup
 export: setup
 	$(BIN)/nbdev_export
 	$(BIN)/nbdev_clean
+
+# Speed of the Table 1 models on this machine (chapter 95): training, IS evaluation, sampling, FLOPs vs the
+# measured matmul peak. About 15 minutes on 2 quiet cores; writes figures/tables/bench*.csv and figures/bench_throughput.png.
+.PHONY: bench
+BENCH_THREADS ?= 2
+bench: setup
+	$(BIN)/iaf-repro bench --threads $(BENCH_THREADS)
