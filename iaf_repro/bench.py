@@ -10,7 +10,7 @@ __all__ = ['BENCH_ROWS', 'BENCH_PRESETS', 'DTYPES', 'QUICK', 'PROFILED', 'BENCH_
            'profile_preset', 'load_reference', 'bench_targets', 'plot_bench', 'run_bench', 'bench_name',
            'precision_gap']
 
-# %% ../nbs/95_bench.ipynb #24e7ba11
+# %% ../nbs/95_bench.ipynb #3f364402
 import copy
 import ctypes
 import gc
@@ -21,6 +21,7 @@ import platform
 import statistics
 import threading
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,7 +40,7 @@ from .experiments import BUDGETS, PRESETS
 from .train import TrainConfig, _train_epoch, bound_terms, demo_data, free_bits_objective, resolve_device
 from .vae import VAE, VAEConfig
 
-# %% ../nbs/95_bench.ipynb #3ade8751
+# %% ../nbs/95_bench.ipynb #329b6a73
 BENCH_ROWS = ("diag", "iaf-d2-w320", "iaf-d2-w1920", "iaf-d4-w1920", "iaf-d8-w1920")   # IAF Table 1, in order
 
 BENCH_PRESETS = {row: PRESETS[f"static-{row}"].model for row in BENCH_ROWS} | {   # "tiny": a smoke-test model, not a table row
@@ -60,7 +61,7 @@ def bench_device(device: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available(): raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
     return dev
 
-# %% ../nbs/95_bench.ipynb #2884cb8d
+# %% ../nbs/95_bench.ipynb #7adeb644
 def cpu_model() -> str:
     "The CPU's model name (`/proc/cpuinfo` on Linux, else `platform.processor()`)."
     try:
@@ -74,7 +75,7 @@ def bench_provenance(device: torch.device) -> dict:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return provenance(device) | dict(cpu_model=cpu_model(), cpus=os.cpu_count(), load_avg_1m=round(load, 2))
 
-# %% ../nbs/95_bench.ipynb #71872427
+# %% ../nbs/95_bench.ipynb #1ef04bfa
 def _onednn_linear_flops(x_shape, *args, out_shape=None, **kwargs) -> int:
     "FLOPs of oneDNN's linear, chapter 03's inference path for MADE: 2 · rows · n_in · n_out (Eq. 1)."
     return 2 * math.prod(x_shape) * out_shape[-1]
@@ -100,7 +101,7 @@ def is_flops(model: torch.nn.Module, x: torch.Tensor, k: int) -> float:
     "FLOPs per image of K-sample importance sampling, one forward pass of K posterior samples: `x [B, ...] -> float` (ch. 08 Eq. 1)."
     with torch.inference_mode(): return count_flops(lambda: model(x, k)) / len(x)
 
-# %% ../nbs/95_bench.ipynb #bd34adee
+# %% ../nbs/95_bench.ipynb #1b5ca88b
 def _sync(device: torch.device) -> None:
     if device.type == "cuda": torch.cuda.synchronize(device)
 
@@ -136,7 +137,7 @@ def matmul_peak(device: torch.device, dtype: str = "fp32", n: int = 2048, repeat
     best = square.loc[square.gflop_s.idxmax()]
     return float(best.gflop_s), best.backend
 
-# %% ../nbs/95_bench.ipynb #7098b1cb
+# %% ../nbs/95_bench.ipynb #acf93c5f
 def _rss_bytes() -> int:
     "Resident set size of this process now (Linux `/proc/self/statm`), or -1 where unknown."
     try: return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -170,7 +171,7 @@ class PeakMemory:
             peak = max(self.peak, _rss_bytes())
         if self.start >= 0: self.mb = (peak - self.start) / 2**20
 
-# %% ../nbs/95_bench.ipynb #16b8c14e
+# %% ../nbs/95_bench.ipynb #76299430
 @dataclass(frozen=True)
 class BenchConfig:
     "How long each measurement runs; `QUICK` is the seconds-long version for tests."
@@ -200,7 +201,7 @@ def build_model(preset: str, x: torch.Tensor, device: torch.device, seed: int = 
     model.initialize(x.to(device))
     return model
 
-# %% ../nbs/95_bench.ipynb #c050132b
+# %% ../nbs/95_bench.ipynb #df999909
 def _training_steps(preset: str, x: torch.Tensor, device: torch.device, dtype: str, compile: bool):
     "A fresh model and `steps(n)`, which runs n of chapter 07's training steps on the batch `x` (data on the device)."
     model = build_model(preset, x, device)
@@ -225,7 +226,7 @@ def train_speed(preset: str, images: torch.Tensor, batch_size: int, device: torc
     return dict(measurement="train", batch_size=batch_size, k=1, images_per_s=batch_size / per_step,
                 flops_per_image=training_flops(model, x), peak_memory_mb=memory.mb)
 
-# %% ../nbs/95_bench.ipynb #bf8a5f53
+# %% ../nbs/95_bench.ipynb #4cb08765
 def is_speed(preset: str, images: torch.Tensor, device: torch.device, bench: BenchConfig = BenchConfig(),
              dtype: str = "fp32", compile: bool = False) -> dict:
     "Images/s of chapter 08's `evaluate` at K = `bench.is_samples`, the projected test-set time, FLOPs per image, peak memory."
@@ -255,7 +256,7 @@ def sample_speed(preset: str, images: torch.Tensor, device: torch.device, bench:
                          flops_per_image=count_flops(lambda: model.sample(1, g)), peak_memory_mb=memory.mb))
     return rows
 
-# %% ../nbs/95_bench.ipynb #8a0edcd0
+# %% ../nbs/95_bench.ipynb #2ea8c961
 PROFILED = ("diag", "iaf-d8-w1920", "tiny")   # presets whose operator profiles the full bench saves
 
 def bench_preset(preset: str, train_images: torch.Tensor, test_images: torch.Tensor, device: torch.device,
@@ -279,7 +280,7 @@ def bench_images(n_train: int, n_test: int, synthetic: bool | None = None) -> tu
     data = demo_data(n_train, 1, n_test, synthetic=synthetic)
     return data.train, data.test
 
-# %% ../nbs/95_bench.ipynb #ca3eeb44
+# %% ../nbs/95_bench.ipynb #2b002971
 def save_table(frame: pd.DataFrame, path: Path) -> Path:
     "Write a frame as CSV, creating its folder."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -307,7 +308,7 @@ def profile_preset(preset: str, train_images: torch.Tensor, test_images: torch.T
         with _autocast(device, dtype): evaluate(model, x_test, k=bench.is_samples, progress=False)
     return {"train": profile_ops(lambda: steps(2), device), "is": profile_ops(run_is, device)}
 
-# %% ../nbs/95_bench.ipynb #ed2b0de6
+# %% ../nbs/95_bench.ipynb #aec3615d
 REFERENCE = Path(iaf_repro.__file__).resolve().parents[1] / "reference" / "bench_reference.csv"
 TARGETS = dict(train_speedup=1.5, is_speedup=2.0, is_test_minutes=10.0, peak_fraction=0.6)   # issue 4
 
@@ -337,7 +338,7 @@ def bench_targets(frame: pd.DataFrame, reference: pd.DataFrame, batch_size: int 
         rows.append(r)
     return pd.DataFrame(rows)
 
-# %% ../nbs/95_bench.ipynb #938a433e
+# %% ../nbs/95_bench.ipynb #302653ab
 def plot_bench(frame: pd.DataFrame, reference: pd.DataFrame):
     "Training images/s vs the reference (left) and achieved GFLOP/s vs FLOPs per image under the measured peak (right)."
     fig, (ax, ax_roof) = plt.subplots(1, 2, figsize=(13, 4.6), constrained_layout=True)
@@ -368,7 +369,7 @@ def plot_bench(frame: pd.DataFrame, reference: pd.DataFrame):
     fig.suptitle(f"iaf-repro bench on {r.cpu_model if r.device.startswith('cpu') else r.device}, load average {r.load_avg_1m} at start, commit {r.commit}{' (dirty)' if r.dirty else ''}")
     return fig
 
-# %% ../nbs/95_bench.ipynb #49e04fcb
+# %% ../nbs/95_bench.ipynb #e90364dd
 def run_bench(presets: list[str] | None = None, threads: int | None = None, device: str = "auto", dtype: str = "fp32",
               compile: bool = False, quick: bool = False, out_dir: Path = Path("figures"), progress: bool = True) -> pd.DataFrame:
     "Measure `presets` (default: the Table 1 rows) on `device`; write `<out_dir>/tables/bench.csv`, profiles and the chart."
@@ -380,6 +381,9 @@ def run_bench(presets: list[str] | None = None, threads: int | None = None, devi
     if threads is not None: torch.set_num_threads(threads)
     try:
         info = bench_provenance(dev)                                              # the load average at the start
+        if dev.type == "cpu" and info["load_avg_1m"] > torch.get_num_threads():
+            warnings.warn(f"load average {info['load_avg_1m']} exceeds the {torch.get_num_threads()} threads measured with: other work "
+                          "shares the cores and the rates will be low (see chapter 95, 'Threads on a shared machine')")
         train_images, test_images = bench_images(max(bench.batch_sizes), bench.is_images, synthetic=True if quick else None)
         peak, peak_backend = matmul_peak(dev, dtype, n=512 if quick else 2048)
         rows = []
@@ -404,7 +408,7 @@ def bench_name(dtype: str = "fp32", compile: bool = False) -> str:
     "File stem of a run's results: `bench` for fp32, `bench_bf16`, `bench_compile`, `bench_bf16_compile`."
     return "bench" + ("" if dtype == "fp32" else f"_{dtype}") + ("_compile" if compile else "")
 
-# %% ../nbs/95_bench.ipynb #183095f6
+# %% ../nbs/95_bench.ipynb #72ba1d64
 def precision_gap(preset: str, images: torch.Tensor, device: torch.device, k: int = 1, seed: int = 0) -> dict:
     "VLB and IS log p(x) of the same weights and noise, fp32 vs bf16 autocast, on `images`: means, paired difference and its s.e., fp32 s.e."
     model = build_model(preset, images[:100], device, seed).eval()
