@@ -49,3 +49,10 @@ screenshots: docs
 # For authors: a git pre-commit hook that refuses notebooks nbdev_clean would change (tools/hooks/pre-commit).
 hooks: setup
 	git config core.hooksPath tools/hooks
+
+# Speed of the Table 1 models on this machine (chapter 95): training, IS evaluation, sampling, FLOPs vs the
+# measured matmul peak. About 15 minutes on 2 quiet cores; writes figures/tables/bench*.csv and figures/bench_throughput.png.
+.PHONY: bench
+BENCH_THREADS ?= 2
+bench: setup
+	$(BIN)/iaf-repro bench --threads $(BENCH_THREADS)

@@ -150,6 +150,14 @@ def _parser() -> argparse.ArgumentParser:
     rd = sub.add_parser("readme", help="render README.md from nbs/index.ipynb")
     rd.add_argument("--index", type=Path, default=Path("nbs/index.ipynb"))
     rd.add_argument("--out", type=Path, default=Path("README.md"))
+    bn = sub.add_parser("bench", help="measure training, evaluation and sampling speed of the Table 1 models (chapter 95)")
+    bn.add_argument("--presets", nargs="*", default=None, help="bench presets (default: the five Table 1 rows; 'tiny' for a smoke test)")
+    bn.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice); recorded with the results")
+    bn.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda")
+    bn.add_argument("--dtype", default="fp32", help="fp32 | bf16 (autocast of the forward passes)")
+    bn.add_argument("--compile", action="store_true", help="torch.compile the model")
+    bn.add_argument("--quick", action="store_true", help="seconds-long measurements (for tests; numbers are not meaningful)")
+    bn.add_argument("--out", type=Path, default=Path("figures"), help="output folder: <out>/tables/bench.csv, <out>/bench_throughput.png")
     return p
 
 CIFAR_DEFAULT_PRESETS = ("cifar-simple-diag", "cifar-simple-iaf-d2-w320")   # the CIFAR rows `reproduce` runs (chapter 24's cpu runs)
@@ -196,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
             if not args.index.exists(): raise FileNotFoundError(f"{args.index} not found: run from the repository root")
             args.out.write_text(render_readme(args.index))
             print(f"wrote {args.out}")
+        elif args.command == "bench":
+            frame = importlib.import_module("iaf_repro.bench").run_bench(args.presets, args.threads, args.device, args.dtype,
+                                                                         args.compile, args.quick, args.out)
+            print(frame[["preset", "measurement", "batch_size", "k", "images_per_s", "gflop_s", "peak_fraction"]].to_string(index=False))
     except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as e:   # incl. CheckpointError, NonFiniteLossError
         print(f"iaf-repro: error: {e}", file=sys.stderr)
         return 2

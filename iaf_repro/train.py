@@ -84,8 +84,9 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     ema_params, params = dict(ema.named_parameters()), dict(model.named_parameters())
     if ema_params.keys() != params.keys():
         raise ValueError(f"ema and model must have the same parameters, got {len(ema_params)} and {len(params)} named differently")
-    for name, p in params.items(): ema_params[name].lerp_(p, 1 - decay)
-    for ema_buffer, buffer in zip(ema.buffers(), model.buffers()): ema_buffer.copy_(buffer)
+    torch._foreach_lerp_(list(ema_params.values()), [params[name] for name in ema_params], 1 - decay)   # one call for all tensors
+    ema_buffers, buffers = list(ema.buffers()), list(model.buffers())
+    if ema_buffers: torch._foreach_copy_(ema_buffers, buffers)
 
 # %% ../nbs/07_train.ipynb #5dc4ee4f
 CHECKPOINT_FORMAT = "iaf-repro-train-v1"

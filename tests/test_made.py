@@ -75,3 +75,45 @@ def test_bad_input_is_rejected_clearly():
         made(torch.zeros(2, 3), torch.zeros(5, 2))
     with pytest.raises(ValueError, match="permutation"):
         MADE(3, [8], order=torch.tensor([1, 2, 2]))
+
+
+@given(cfg=made_configs(), rows=st.integers(1, 40), seed=st.integers(0, 2**16))
+def test_onednn_inference_path_gives_the_plain_paths_numbers(cfg, rows, seed):
+    """The CPU inference path (oneDNN, packed W ⊙ M) and the plain F.linear path agree to float32 rounding,
+    and the packed weight follows in-place changes of the weight."""
+    import iaf_repro.made as made_module
+    D, hidden, context_dim, n_params, order = cfg
+    torch.manual_seed(seed)
+    made = MADE(D, hidden, n_params=n_params, context_dim=context_dim, order=order)
+    z = torch.randn(rows, D)
+    h = torch.randn(rows, context_dim) if context_dim else None
+
+    def both():
+        with torch.inference_mode():
+            fast = made(z, h)
+            made_module.ONEDNN_INFERENCE = False
+            try: plain = made(z, h)
+            finally: made_module.ONEDNN_INFERENCE = True
+        return fast, plain
+
+    fast, plain = both()
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    if torch.backends.mkldnn.is_available():
+        assert made.net[0] in made_module._PACKED
+    with torch.no_grad():
+        made.net[0].weight.mul_(-1.5)
+    fast, plain = both()
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_training_and_float64_take_the_plain_path():
+    import iaf_repro.made as made_module
+    torch.manual_seed(0)
+    made = MADE(4, [16, 16], n_params=2, context_dim=3)
+    z, h = torch.randn(5, 4), torch.randn(5, 3)
+    made_module._PACKED.clear()
+    out = made(z, h)
+    assert out.requires_grad and len(made_module._PACKED) == 0
+    with torch.no_grad():
+        made.double()(z.double(), h.double())
+    assert len(made_module._PACKED) == 0

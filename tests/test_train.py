@@ -303,3 +303,18 @@ def test_validate_is_deterministic_and_leaves_the_callers_rng():
         a = torch.rand(3)
     with seeded(5):
         assert torch.equal(a, torch.rand(3))
+
+
+def test_ema_update_equals_the_per_tensor_lerp_bit_for_bit():
+    import copy
+    from iaf_repro.train import ema_update
+    torch.manual_seed(0)
+    model = MLPVAE(VAEConfig(latent_dim=4, posterior="iaf", iaf_width=16, context_dim=8), hidden=16)
+    ema, reference = copy.deepcopy(model), copy.deepcopy(model)
+    for _ in range(3):
+        with torch.no_grad():
+            for p in model.parameters(): p.add_(torch.randn_like(p))
+            for r, p in zip(reference.parameters(), model.parameters()): r.lerp_(p, 1 - 0.99)
+        ema_update(ema, model, 0.99)
+    for a, b in zip(ema.state_dict().values(), reference.state_dict().values()):
+        assert torch.equal(a, b)

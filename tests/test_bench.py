@@ -1,0 +1,103 @@
+"""Tests for the benchmark (chapter 95): it runs and writes a well-formed table; the FLOP counts are exact; bad names are clear errors.
+No speed is asserted: timings are measurements, not behaviour."""
+import pandas as pd
+import pytest
+import torch
+
+from iaf_repro.bench import (BENCH_COLUMNS, BENCH_ROWS, REFERENCE, bench_device, bench_name, bench_targets, count_flops,
+                             get_bench_preset, load_reference, run_bench, training_flops)
+from iaf_repro.cli import main
+from iaf_repro.made import MADE
+from iaf_repro.vae import VAE
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    frame = run_bench(["tiny"], threads=1, device="cpu", quick=True, out_dir=out, progress=False)
+    return out, frame
+
+
+def test_quick_bench_writes_a_well_formed_csv_with_provenance(quick_run):
+    out, frame = quick_run
+    written = pd.read_csv(out / "tables" / "bench.csv")
+    assert list(written.columns) == BENCH_COLUMNS
+    assert sorted(written.measurement) == sorted(["train", "is_log_px", "sample_latency", "sample_batch"])
+    assert (written.preset == "tiny").all() and (written.dtype == "fp32").all()
+    assert (written.threads == 1).all() and (written.cpus >= 1).all()
+    for column in ("commit", "device", "cpu_model", "torch", "date"): assert written[column].notna().all(), column
+    assert written.dirty.isin([True, False]).all() and written.load_avg_1m.notna().all()
+    assert (written.images_per_s > 0).all() and (written.flops_per_image > 0).all()
+    # Eq. 2 of the chapter: the rate and the fraction of peak follow from the measured columns
+    pd.testing.assert_series_equal(written.gflop_s, written.flops_per_image * written.images_per_s / 1e9, check_names=False, rtol=1e-6)
+    pd.testing.assert_series_equal(written.peak_fraction, written.gflop_s / written.matmul_peak_gflop_s, check_names=False, rtol=1e-6)
+    is_row = written[written.measurement == "is_log_px"].iloc[0]
+    assert is_row.projected_test_min == pytest.approx(10_000 / is_row.images_per_s / 60)
+    assert (out / "bench_throughput.png").stat().st_size > 0
+    assert (out / "tables" / "bench_profile_tiny_train.csv").exists() and (out / "tables" / "bench_profile_tiny_is.csv").exists()
+
+
+def test_cli_bench_quick(tmp_path):
+    assert main(["bench", "--presets", "tiny", "--quick", "--threads", "1", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "tables" / "bench.csv").exists()
+
+
+@pytest.mark.parametrize("n_in,n_out,batch", [(30, 20, 7), (1, 5, 1), (64, 3, 16)])
+def test_flop_counter_gives_the_analytic_count_of_a_linear_layer(n_in, n_out, batch):
+    lin, x = torch.nn.Linear(n_in, n_out), torch.randn(batch, n_in, requires_grad=True)
+    assert count_flops(lambda: lin(x)) == 2 * batch * n_in * n_out
+    assert count_flops(lambda: lin(x).sum().backward()) == 3 * 2 * batch * n_in * n_out
+
+
+@pytest.mark.parametrize("D,hidden,n_params,context", [(6, [24, 24], 2, 5), (3, [8], 1, 0), (32, [1920, 1920], 2, 450)])
+def test_flop_counter_gives_the_analytic_count_of_a_made(D, hidden, n_params, context):
+    made, B = MADE(D, hidden, n_params=n_params, context_dim=context), 4
+    sizes = [D + context, *hidden, n_params * D]
+    expected = sum(2 * B * a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    z, h = torch.randn(B, D), (torch.randn(B, context) if context else None)
+    with torch.no_grad(): assert count_flops(lambda: made(z, h)) == expected
+
+
+def test_training_flops_are_about_three_forward_passes():
+    torch.manual_seed(0)
+    x = torch.bernoulli(torch.full((4, 1, 28, 28), 0.3))
+    model = VAE(get_bench_preset("tiny")); model.initialize(x)
+    forward = count_flops(lambda: model(x, 1)) / len(x)
+    assert 2 * forward < training_flops(model, x) <= 3 * forward          # the first layer needs no input gradient
+    assert all(p.grad is None for p in model.parameters())                  # the count leaves no gradients behind
+
+
+def test_bad_preset_device_and_dtype_are_clear_errors(capsys):
+    with pytest.raises(ValueError, match="unknown bench preset 'iaf-d16'; valid presets: diag, iaf-d2-w320"):
+        run_bench(["iaf-d16"], quick=True)
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        bench_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            run_bench(["tiny"], device="cuda", quick=True)
+    with pytest.raises(ValueError, match="dtype must be one of fp32, bf16"):
+        run_bench(["tiny"], device="cpu", dtype="fp16", quick=True)
+    assert main(["bench", "--presets", "nope", "--quick"]) == 2
+    assert "unknown bench preset 'nope'" in capsys.readouterr().err
+
+
+def test_results_files_are_named_by_precision_and_compilation():
+    assert [bench_name(), bench_name("bf16"), bench_name(compile=True)] == ["bench", "bench_bf16", "bench_compile"]
+
+
+def test_reference_figures_come_from_the_committed_csv_with_their_source():
+    ref = load_reference()
+    assert REFERENCE.name == "bench_reference.csv"
+    assert set(ref[ref.metric == "train_img_s"].preset) == set(BENCH_ROWS)
+    assert ref.source.str.startswith("issue 4").all()
+
+
+def test_targets_compare_with_the_reference():
+    ref = load_reference()
+    frame = pd.DataFrame([dict(preset="iaf-d8-w1920", dtype="fp32", measurement="train", batch_size=100, images_per_s=600.0, peak_fraction=0.7),
+                          dict(preset="iaf-d8-w1920", dtype="fp32", measurement="is_log_px", batch_size=100, images_per_s=20.0,
+                               projected_test_min=10_000 / 20 / 60, peak_fraction=0.5)])
+    t = bench_targets(frame, ref).iloc[0]
+    assert t.train_ratio == pytest.approx(600 / 368) and t.train_met
+    assert t.reference_is_test_min == pytest.approx(122 * 10 / 60) and t.is_speedup == pytest.approx(122 * 10 / 60 / (10_000 / 20 / 60))
+    assert t.is_met and t.peak_met
