@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['BLOG_PRESETS', 'blog_table', 'blog_markdown', 'write_blog_table', 'plot_blog_curves', 'make_figures']
 
-# %% ../nbs/14_blog_table.ipynb #ca1bd1e7
+# %% ../nbs/14_blog_table.ipynb #5f3b1e99
 import json
 import tempfile
 from pathlib import Path
@@ -16,7 +16,7 @@ import pandas as pd
 from .density import save_figure
 from .experiments import TARGETS, get_preset, plot_prior_samples, result_path, trained_model
 
-# %% ../nbs/14_blog_table.ipynb #17b6e718
+# %% ../nbs/14_blog_table.ipynb #45e58d26
 BLOG_PRESETS = ("thresholded-diag", "thresholded-iaf-d4-w320")
 _BLOG_METRICS = ("train_loss", "valid_loss", "test_recon_loss")
 _PROVENANCE = ["budget", "epochs", "best_epoch", "seed", "is_samples", "eval_images", "device", "threads", "train_seconds",
@@ -45,7 +45,7 @@ def blog_table(results_dir: Path = Path("figures/tables/runs"), budget: str = "c
     return pd.DataFrame(rows).reindex(columns=["model", "preset", *[c for m in _BLOG_METRICS for c in (m, f"blog_{m}")],
                                                "test_neg_vlb", "test_neg_log_px", *_PROVENANCE])
 
-# %% ../nbs/14_blog_table.ipynb #7929a2ef
+# %% ../nbs/14_blog_table.ipynb #ff99d8d8
 def _cell(ours, blog) -> str:
     return f"{'not run' if pd.isna(ours) else f'{ours:.2f}'} / {blog:.2f}"
 
@@ -71,7 +71,7 @@ def write_blog_table(results_dir: Path = Path("figures/tables/runs"), out_dir: P
     (out_dir / "blog_table1.md").write_text(blog_markdown(df))
     return df
 
-# %% ../nbs/14_blog_table.ipynb #b6d4521d
+# %% ../nbs/14_blog_table.ipynb #d395fff4
 def plot_blog_curves(results_dir: Path = Path("figures/tables/runs"), budget: str = "cpu", seed: int = 0):
     "Training and validation loss per epoch of our two thresholded-MNIST runs, the blog's final losses as dotted lines."
     df = blog_table(results_dir, budget, seed)
@@ -90,7 +90,7 @@ def plot_blog_curves(results_dir: Path = Path("figures/tables/runs"), budget: st
     fig.suptitle(f"Thresholded MNIST, `{budget}` budget: our diagonal and 4-step IAF VAEs against the blog post's final losses", fontsize=11)
     return fig
 
-# %% ../nbs/14_blog_table.ipynb #68d2ddee
+# %% ../nbs/14_blog_table.ipynb #bd793ed8
 def make_figures(out_dir: Path, quick: bool = False, runs_dir: Path = Path("runs"),
                  results_dir: Path = Path("figures/tables/runs")) -> list[Path]:
     "Run (or reuse) the two thresholded-MNIST presets, write the blog table into `out_dir/tables`, draw the loss curves and prior samples."

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['MANIFOLD_PRESETS', 'quantile_grid', 'decoded_manifold', 'posterior_means', 'plot_latent_manifold', 'make_figures']
 
-# %% ../nbs/13_latent_manifold.ipynb #21696e33
+# %% ../nbs/13_latent_manifold.ipynb #52fddcf2
 import tempfile
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from .density import save_figure, seeded
 from .experiments import get_preset, trained_model
 from .vae import VAE
 
-# %% ../nbs/13_latent_manifold.ipynb #f7e50a41
+# %% ../nbs/13_latent_manifold.ipynb #4ef5f6af
 def quantile_grid(n: int = 20, margin: float = 0.5) -> torch.Tensor:
     "Latent points at the standard normal's quantiles (u evenly spaced, `margin` cells from 0 and 1): `-> z [n*n, 2]`, row-major, z2 decreasing down the rows."
     if n < 2: raise ValueError(f"n must be >= 2, got {n}")
@@ -34,7 +34,7 @@ def decoded_manifold(model: VAE, n: int = 20) -> torch.Tensor:
     means = torch.sigmoid(model.decoder(quantile_grid(n)))                          # [n*n, 1, 28, 28]
     return means.view(n, n, 28, 28).permute(0, 2, 1, 3).reshape(n * 28, n * 28)
 
-# %% ../nbs/13_latent_manifold.ipynb #91ff1c43
+# %% ../nbs/13_latent_manifold.ipynb #838b4a23
 @torch.no_grad()
 def posterior_means(model: VAE, images: torch.Tensor, k: int = 64, batch_size: int = 500, seed: int = 0) -> torch.Tensor:
     "E_q[z|x] for each image: μ for a diagonal posterior, else the mean of `k` flow samples: `[N, 1, 28, 28] -> [N, D]`."
@@ -47,7 +47,7 @@ def posterior_means(model: VAE, images: torch.Tensor, k: int = 64, batch_size: i
             means.append(z.view(k, len(x), -1).mean(0))
     return torch.cat(means)
 
-# %% ../nbs/13_latent_manifold.ipynb #5e519698
+# %% ../nbs/13_latent_manifold.ipynb #db8e787a
 _DIGIT_COLOURS = ListedColormap(plt.get_cmap("tab10").colors)
 
 def plot_latent_manifold(models: dict, images: torch.Tensor, labels: torch.Tensor, n: int = 20, k: int = 64):
@@ -70,7 +70,7 @@ def plot_latent_manifold(models: dict, images: torch.Tensor, labels: torch.Tenso
     fig.suptitle("A 2-D latent space on static MNIST: what the decoder draws, and where the encoder puts each digit", fontsize=13)
     return fig
 
-# %% ../nbs/13_latent_manifold.ipynb #c2a3da31
+# %% ../nbs/13_latent_manifold.ipynb #2b0abe9b
 MANIFOLD_PRESETS = ("static-diag-z2", "static-iaf-d2-w320-z2")
 
 def make_figures(out_dir: Path, quick: bool = False, runs_dir: Path = Path("runs"),
