@@ -390,10 +390,10 @@ def run_bench(presets: list[str] | None = None, threads: int | None = None, devi
         for name in tqdm(presets, desc="bench", disable=not progress):
             rows += bench_preset(name, train_images, test_images, dev, bench, dtype, compile)
         out_dir = Path(out_dir)
-        if not quick: save_table(gemm_backends(dev), out_dir / "tables" / "bench_gemm.csv")
+        if not quick: save_table(gemm_backends(dev).assign(**info), out_dir / "tables" / "bench_gemm.csv")
         for name in (p for p in presets if p in PROFILED):
             for what, frame in profile_preset(name, train_images, test_images, dev, bench, dtype).items():
-                save_table(frame, out_dir / "tables" / f"bench_profile_{name}_{what}{'' if dtype == 'fp32' else '_' + dtype}.csv")
+                save_table(frame.assign(**info), out_dir / "tables" / f"bench_profile_{name}_{what}{'' if dtype == 'fp32' else '_' + dtype}.csv")
     finally:
         torch.set_num_threads(previous_threads)
     frame = pd.DataFrame(rows).assign(matmul_peak_gflop_s=peak, matmul_peak_library=peak_backend, **info)
