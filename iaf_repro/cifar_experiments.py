@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['CIFAR_PRESETS', 'CIFAR_BUDGETS', 'CIFAR_TABLES', 'CIFAR_TABLE_BUDGETS', 'CIFAR_COLUMNS', 'CifarPreset',
-           'get_cifar_preset', 'build_model', 'get_cifar_budget', 'cifar_run', 'build_cifar_table',
+           'get_cifar_preset', 'build_model', 'get_cifar_budget', 'initial_model', 'cifar_run', 'build_cifar_table',
            'cifar_table_markdown', 'write_cifar_tables', 'paired_bits_per_dim', 'cifar_run_figures', 'blog_table']
 
 # %% ../nbs/24_cifar_tables.ipynb #7dadfc10
@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .cifar import load_cifar10, cifar_subset
+from .cifar import CIFAR10, load_cifar10, cifar_subset
 from .cifar_vae import SIMPLE_PRESETS, CifarVAE, plot_images
 from .density import provenance, save_figure
 from .discretized import CIFAR_DIMS
@@ -62,20 +62,26 @@ def get_cifar_budget(name: str) -> Budget:
     return CIFAR_BUDGETS[name]
 
 # %% ../nbs/24_cifar_tables.ipynb #706f05f2
+def initial_model(preset: CifarPreset, data: CIFAR10, batch_size: int, seed: int, device="cpu") -> CifarVAE | ResNetVAE:
+    "A preset's model, seeded and weight-norm initialized (chapter 06 Eq. 4) on the first `batch_size` images of the seeded shuffle of the whole training split: the same model on every data-parallel rank."
+    torch.manual_seed(seed)
+    model = build_model(preset).to(device)
+    shuffled = CIFAR10.batches(data, "train", batch_size, generator=torch.Generator(device).manual_seed(seed))   # unsharded, even for a rank's data
+    model.initialize(next(shuffled))
+    return model
+
 def cifar_run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto", runs_dir: Path = Path("runs"),
               results_dir: Path = Path("figures/tables/runs"), progress: bool = True, data=None,
               rank: int = 0, world: int = 1, step_wrapper=None) -> dict | None:
-    "Train and evaluate one CIFAR preset at a budget; write `<results_dir>/<run>.json`, metrics and per-image values; return the results."
+    "Train and evaluate one CIFAR preset at a budget (its batch per process, `world` processes); write `<results_dir>/<run>.json`, metrics and per-image values; return the results."
     p, b, dev = get_cifar_preset(preset), get_cifar_budget(budget), resolve_device(device)
     name = run_name(preset, budget, seed)
     run_dir = Path(runs_dir) / name / (f"rank{rank}" if rank else "")     # data-parallel ranks > 0 keep their own checkpoints
     trained_by = _training_provenance(run_dir, dev)
     data = cifar_subset(data if data is not None else load_cifar10(), b.train_images, b.eval_images).shard(rank, world).to(dev)
-    torch.manual_seed(seed)
-    model = build_model(p).to(dev)
-    model.initialize(next(data.batches("train", b.batch_size, generator=torch.Generator(dev).manual_seed(seed))))
-    config = TrainConfig(epochs=b.epochs, batch_size=b.batch_size, seed=seed, early_stop_patience=b.early_stop_patience,
-                         valid_images=b.valid_images)
+    model = initial_model(p, data, b.batch_size, seed, dev)
+    config = TrainConfig(epochs=b.epochs, batch_size=b.batch_size * world, seed=seed, early_stop_patience=b.early_stop_patience,
+                         valid_images=b.valid_images)                     # the global batch: each rank trains on b.batch_size images
     metrics = train(model, data, config, run_dir, device=dev, progress=progress, step_wrapper=step_wrapper)
     if rank: return None                                                   # rank 0 evaluates and writes the results
     averaged = load_ema_model(model, run_dir, "best")
@@ -84,7 +90,8 @@ def cifar_run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "
     summary = {k: v for k, v in evaluation.summary.items() if k not in ("n", "k")}
     results = dict(run=name, preset=preset, budget=budget, seed=seed, dataset="cifar10", source=p.source, row=p.row, label=p.label,
                    epochs=int(metrics.epoch.max()), best_epoch=int(metrics.epoch[metrics.valid_vlb.idxmax()]),
-                   train_images=len(data.train), eval_images=len(data.test), is_samples=b.is_samples, **summary,
+                   train_images=len(data.train), eval_images=len(data.test), is_samples=b.is_samples,
+                   batch_size=b.batch_size, world=world, global_batch=config.batch_size, **summary,
                    bits_per_dim=float(bits_per_dim(summary["log_px"], CIFAR_DIMS)),
                    bits_per_dim_vlb=float(bits_per_dim(summary["vlb"], CIFAR_DIMS)),
                    train_seconds=round(float(metrics.seconds.sum()), 2), eval_seconds=round(time.perf_counter() - start, 2),
@@ -105,8 +112,8 @@ CIFAR_TABLES = {   # table -> (title, targets.csv sources of its rows)
 }
 CIFAR_TABLE_BUDGETS = ("cpu", "paper")
 CIFAR_COLUMNS = ["model", "preset", "bits_per_dim", "bits_per_dim_vlb", "published_bits_per_dim", "published_source", "budget", "status",
-                 "epochs", "best_epoch", "seed", "is_samples", "eval_images", "train_images", "device", "threads", "train_seconds",
-                 "eval_seconds", "trained_commit", "commit", "dirty"]
+                 "epochs", "best_epoch", "seed", "world", "global_batch", "is_samples", "eval_images", "train_images", "device", "threads",
+                 "train_seconds", "eval_seconds", "trained_commit", "commit", "dirty"]
 
 def _published(source: str, row: str, targets: Path = TARGETS) -> float:
     t = pd.read_csv(targets)
@@ -159,13 +166,19 @@ def paired_bits_per_dim(a: str, b: str, budget: str = "cpu", results_dir: Path =
     return dict(a=a, b=b, n=len(d), mean=float(d.mean()), se=float(d.std(ddof=1) / len(d) ** 0.5))
 
 # %% ../nbs/24_cifar_tables.ipynb #02f1f7d0
+def _curves_title(names: list[str], budget: str) -> str:
+    "The training curves' title: ResNet runs with free bits train on chapter 23's Eq. 5, so their train KL is the free-bits term, not the bound's."
+    free_bits = any(getattr(CIFAR_PRESETS[n].model, "free_bits", 0) > 0 for n in names)
+    what = "reconstruction and KL per epoch (nats; train KL of ResNet runs: the free-bits term)" if free_bits else "the two terms of the bound per epoch (nats)"
+    return f"CIFAR-10 runs, `{budget}` budget: {what}"
+
 def cifar_run_figures(budget: str = "cpu", results_dir: Path = Path("figures/tables/runs"), runs_dir: Path = Path("runs"),
                       out_dir: Path = Path("figures"), seed: int = 0) -> list[Path]:
     "Training curves of the CIFAR runs at `budget`, and reconstructions and samples of those whose checkpoints are in `runs_dir`."
     names = [n for n in CIFAR_PRESETS if result_path(results_dir, n, budget, seed, ".metrics.csv").exists()]
     if not names: return []
     curves = {CIFAR_PRESETS[n].label: result_path(results_dir, n, budget, seed, ".metrics.csv") for n in names}
-    paths = [save_figure(plot_training_curves(curves, title=f"CIFAR-10 runs, `{budget}` budget: the two terms of the bound per epoch (nats)"),
+    paths = [save_figure(plot_training_curves(curves, title=_curves_title(names, budget)),
                          Path(out_dir) / f"cifar_training_curves_{budget}.png")]
     test = load_cifar10().test
     x = test[torch.linspace(0, len(test) - 1, 8).long()]

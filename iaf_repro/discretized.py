@@ -58,7 +58,8 @@ class DiscretizedLogistic(nn.Module):
 
     def forward(self, mu: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-3] != self.log_scale.numel(): raise ValueError(f"x has {x.shape[-3]} channels, the likelihood {self.log_scale.numel()}")
-        return discretized_logistic_log_likelihood(x, mu, self.channel_log_scale())
+        with torch.autocast(mu.device.type, enabled=False):                  # float32 at least, even for a bf16 μ (see below)
+            return discretized_logistic_log_likelihood(x, mu.to(torch.promote_types(mu.dtype, torch.float32)), self.channel_log_scale())
 
     @torch.no_grad()
     def sample(self, mu: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -67,8 +68,8 @@ class DiscretizedLogistic(nn.Module):
         y = mu + self.channel_log_scale().exp() * (torch.log(u) - torch.log1p(-u))
         return torch.round((y.clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
 
-    def mode(self, mu: torch.Tensor) -> torch.Tensor:
-        "The most probable bin of each sub-pixel (the bin holding μ, edges for μ outside [-1, 1]): `-> uint8`."
+    def median(self, mu: torch.Tensor) -> torch.Tensor:
+        "The median bin of each sub-pixel, the bin holding μ (edges for μ outside [-1, 1]); an edge bin can be more probable: `-> uint8` (Eq. 1)."
         return torch.round((mu.clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
 
 # %% ../nbs/21_discretized_logistic.ipynb #f2c6d9a8

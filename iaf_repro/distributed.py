@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['TINY_RESNET', 'init_distributed', 'ddp_wrapper', 'main', 'ddp_step_worker', 'single_process_step',
-           'ddp_matches_single_process']
+           'ddp_matches_single_process', 'own_initial_model', 'ddp_train_worker', 'ddp_train_agrees']
 
 # %% ../nbs/25_distributed.ipynb #7f227727
 import argparse
@@ -12,14 +12,16 @@ import os
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from .cifar import CIFAR10
 from .cifar_experiments import CIFAR_BUDGETS, CIFAR_PRESETS, cifar_run
 from .resnet_vae import ResNetConfig, ResNetVAE
-from .train import bound_terms, free_bits_objective
+from .train import TrainConfig, bound_terms, free_bits_objective, load_checkpoint, train
 
 # %% ../nbs/25_distributed.ipynb #eca02620
 def init_distributed() -> tuple[int, int, torch.device]:
@@ -104,3 +106,42 @@ def ddp_matches_single_process(world: int = 2) -> dict:
     gap = lambda part: max((r[part][k] - ref[part][k]).abs().max().item() for r in ranks for k in ref[part])
     scale = max(g.abs().max().item() for g in ref["grads"].values())
     return dict(param_gap=gap("params"), grad_gap_relative=gap("grads") / scale)
+
+# %% ../nbs/25_distributed.ipynb #f887112c
+def _tiny_cifar(seed: int = 0) -> CIFAR10:
+    "16 training, 8 validation and 4 test images of random pixels."
+    g = torch.Generator().manual_seed(seed)
+    pixels = lambda n: torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    return CIFAR10("random pixels", pixels(16), pixels(8), pixels(4))
+
+def own_initial_model(rank: int, world: int) -> ResNetVAE:
+    "The tiny ResNet VAE as process `rank` alone would build it: its own seed, initialized on its own share of the first global batch of 8."
+    torch.manual_seed(rank)
+    model = ResNetVAE(TINY_RESNET)
+    model.initialize(next(_tiny_cifar().shard(rank, world).batches("train", 8, generator=torch.Generator().manual_seed(0))))
+    return model
+
+def ddp_train_worker(rank: int, world: int, init_file: str, out_dir: str, epochs: int = 2) -> None:
+    "One process of the training check: chapter 07's `train`, DDP over gloo, from this rank's own initial model; leaves its run in `out_dir/rank<r>`."
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        run_dir = Path(out_dir) / f"rank{rank}"
+        config = TrainConfig(epochs=epochs, batch_size=8, ema_decay=0.9, lr_patience=1, seed=0)
+        train(own_initial_model(rank, world), _tiny_cifar().shard(rank, world), config, run_dir, progress=False,
+              step_wrapper=ddp_wrapper(torch.device("cpu")))
+        torch.save(torch.randn(4), run_dir / "next_noise.pt")                       # the next draws of this rank's random stream
+    finally:
+        dist.destroy_process_group()
+
+def ddp_train_agrees(world: int = 2, epochs: int = 2) -> dict:
+    "Train `world` gloo processes from different initial weights and compare: largest difference of the final weight averages, whether the metrics (seconds aside) are equal and the noise streams differ."
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(ddp_train_worker, args=(world, str(Path(tmp) / "pg"), tmp, epochs), nprocs=world, join=True)
+        runs = [Path(tmp) / f"rank{r}" for r in range(world)]
+        averages = [load_checkpoint(run / "checkpoint.pt")["ema"] for run in runs]
+        metrics = [pd.read_csv(run / "metrics.csv").drop(columns="seconds") for run in runs]
+        noise = [torch.load(run / "next_noise.pt") for run in runs]
+    return dict(average_gap=max((a[k] - averages[0][k]).abs().max().item() for a in averages[1:] for k in a),
+                metrics_equal=all(m.equals(metrics[0]) for m in metrics[1:]),
+                noise_differs=all(not torch.equal(n, noise[0]) for n in noise[1:]), metrics=metrics[0])

@@ -211,13 +211,13 @@ def sample(self: ResNetVAE, n: int, generator: torch.Generator | None = None) ->
 @patch
 @torch.no_grad()
 def reconstruct(self: ResNetVAE, x: torch.Tensor) -> torch.Tensor:
-    "Most probable pixels of p(x|z) for one z ~ q(z|x) per image: `uint8 [B, 3, 32, 32] -> uint8`."
+    "Median pixels of p(x|z) (the bins holding μ) for one z ~ q(z|x) per image: `uint8 [B, 3, 32, 32] -> uint8`."
     check_pixels(x)
     h, ups = self.encode_in(to_unit(x)), []
     for layer in self.layers:
         h, up = layer.up(h); ups.append(up)
     mu, _, _ = self.down_pass(self.top(len(x)), ups)
-    return self.likelihood.mode(mu)
+    return self.likelihood.median(mu)
 
 def sampling_seconds(model: ResNetVAE, n: int, repeats: int = 3) -> dict:
     "Wall time to draw one batch of `n` images (best of `repeats`, after a warm-up), per batch and per image, with the device and load."

@@ -21,6 +21,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -127,7 +128,7 @@ def load_checkpoint(path: Path, device="cpu") -> dict:
 class TrainConfig:
     "Settings of one training run (optimizer, averaging, free bits, schedule, budget knobs); see field comments for sources."
     epochs: int                                  # ours: the paper gives none for MNIST (the replication ran about 2000)
-    batch_size: int = 100                        # ours: paper silent for MNIST (openai/iaf CIFAR: 16 per GPU x 8; replication: 64)
+    batch_size: int = 100                        # ours: paper silent for MNIST (openai/iaf CIFAR best model: 32 per GPU x 8; replication: 64); global under DDP
     lr: float = 0.002                            # openai/iaf: Adamax learning rate (Eq. 4)
     betas: tuple[float, float] = (0.9, 0.999)    # openai/iaf: Adamax beta_1, beta_2 (Eq. 4)
     ema_decay: float = 0.999                     # openai/iaf: moving average of the weights used for evaluation (Eq. 5)
@@ -266,6 +267,29 @@ def _epoch_row(epoch, run, train_means, valid_means, lr, seconds) -> dict:
     return dict(epoch=epoch, steps=run["steps"], **{f"train_{k}": v for k, v in zip(("vlb", "recon", "kl"), train_means)},
                 **{f"valid_{k}": v for k, v in zip(("vlb", "recon", "kl"), valid_means)}, lr=lr, seconds=seconds)
 
+def _check_free_bits_once(model: nn.Module, config: TrainConfig) -> None:
+    "Refuse `config.free_bits` for a model whose own config applies free bits inside `forward` (chapter 23): they would apply twice."
+    own = getattr(getattr(model, "config", None), "free_bits", 0)
+    if config.free_bits > 0 and own > 0:
+        raise ValueError(f"TrainConfig.free_bits = {config.free_bits} with a model that applies free bits itself (its config.free_bits = "
+                         f"{own}, per latent feature map): free bits would apply twice; set TrainConfig.free_bits = 0")
+
+def _rank() -> int:
+    "This process's rank in a `torch.distributed` process group (data-parallel training, chapter 25); 0 without one."
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+def _sum_over_ranks(losses: torch.Tensor, sums: torch.Tensor, n: int):
+    "In a process group: per-step losses averaged, summed (VLB, recon, KL) `[3]` and image counts summed over the processes, the same on every one."
+    if not (dist.is_available() and dist.is_initialized()): return losses, sums, n
+    packed = torch.cat([losses / dist.get_world_size(), sums, sums.new_tensor([n])])
+    dist.all_reduce(packed)
+    return packed[:len(losses)], packed[len(losses):-1], packed[-1]
+
+def _from_rank0(t: torch.Tensor) -> torch.Tensor:
+    "In a process group: rank 0's values of `t` on every process (the schedule and early stopping then decide alike); else `t`."
+    if dist.is_available() and dist.is_initialized(): dist.broadcast(t, src=0)
+    return t
+
 # %% ../nbs/07_train.ipynb #5f63567a
 def train(model: nn.Module, data: BinarizedMNIST, config: TrainConfig, run_dir: Path, device="cpu",
           progress: bool = True, resume: bool = True, step_wrapper=None) -> pd.DataFrame:
@@ -274,8 +298,10 @@ def train(model: nn.Module, data: BinarizedMNIST, config: TrainConfig, run_dir: 
     checkpoint = run_dir / "checkpoint.pt"
     if checkpoint.exists() and not resume:
         raise FileExistsError(f"{checkpoint} exists and resume=False; resume it, or choose a new run_dir")
+    _check_free_bits_once(model, config)
     run_dir.mkdir(parents=True, exist_ok=True)
     data, model = data.to(device), model.to(device)
+    step_model = model if step_wrapper is None else step_wrapper(model)      # before the copy: DDP gives every rank rank 0's weights
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     optimizer = torch.optim.Adamax(model.parameters(), lr=config.lr, betas=config.betas)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "max", factor=config.lr_factor, patience=config.lr_patience,
@@ -284,9 +310,8 @@ def train(model: nn.Module, data: BinarizedMNIST, config: TrainConfig, run_dir: 
     if checkpoint.exists():
         run = _restore(checkpoint, model, ema, optimizer, scheduler, generator, config)
     else:
-        torch.manual_seed(config.seed); generator.manual_seed(config.seed)
+        torch.manual_seed(config.seed + _rank()); generator.manual_seed(config.seed)   # noise per rank, one shuffle for all
         run = dict(epoch=0, steps=0, best_vlb=-math.inf, best_epoch=0, since_best=0, stopped=False, rows=[])
-    step_model = model if step_wrapper is None else step_wrapper(model)
     step_model = torch.compile(step_model) if config.compile else step_model
     valid = data.valid[: config.valid_images]
     steps_per_epoch = min(len(data.train) // config.batch_size, config.max_steps_per_epoch or math.inf)
@@ -296,10 +321,10 @@ def train(model: nn.Module, data: BinarizedMNIST, config: TrainConfig, run_dir: 
         start, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
         batches = itertools.islice(data.batches("train", config.batch_size, shuffle=True, generator=generator), config.max_steps_per_epoch)
         with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=not progress) as bar:
-            losses, sums, n = _train_epoch(model, step_model, ema, batches, optimizer, config, bar)
+            losses, sums, n = _sum_over_ranks(*_train_epoch(model, step_model, ema, batches, optimizer, config, bar))
         host = torch.cat([sums / n, losses]).tolist()                                 # the epoch's one device-to-host sync
         _check_finite(host[3:], epoch, checkpoint, run["epoch"])
-        valid_means = validate(ema, valid, config.batch_size, config.seed).tolist()
+        valid_means = _from_rank0(validate(ema, valid, config.batch_size, config.seed)).tolist()
         if not all(map(math.isfinite, valid_means)): raise NonFiniteLossError("validation bound", epoch, None, checkpoint, run["epoch"])
         run["steps"] += len(losses)
         row = _epoch_row(epoch, run, host[:3], valid_means, lr, time.perf_counter() - start)

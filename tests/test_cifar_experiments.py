@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from iaf_repro.cifar import CIFAR10
-from iaf_repro.cifar_experiments import (CIFAR_BUDGETS, CIFAR_PRESETS, CIFAR_TABLES, build_cifar_table, cifar_run,
-                                         cifar_table_markdown, get_cifar_budget, get_cifar_preset)
+from iaf_repro.cifar_experiments import (CIFAR_BUDGETS, CIFAR_PRESETS, CIFAR_TABLES, _curves_title, build_cifar_table, cifar_run,
+                                         cifar_table_markdown, get_cifar_budget, get_cifar_preset, initial_model)
 from iaf_repro.experiments import TARGETS
 
 
@@ -21,8 +21,10 @@ def _data():
 def test_smoke_run_writes_results_with_provenance(preset, tmp_path):
     r = cifar_run(preset, "smoke", runs_dir=tmp_path / "runs", results_dir=tmp_path / "res", progress=False, data=_data())
     saved = json.loads((tmp_path / "res" / f"{preset}__smoke__s0.json").read_text())
-    for key in ("bits_per_dim", "bits_per_dim_vlb", "epochs", "device", "seed", "is_samples", "commit", "trained_commit", "eval_seconds"):
+    for key in ("bits_per_dim", "bits_per_dim_vlb", "epochs", "device", "seed", "is_samples", "commit", "trained_commit", "eval_seconds",
+                "world", "global_batch"):
         assert key in saved
+    assert (saved["world"], saved["batch_size"], saved["global_batch"]) == (1, 8, 8)
     assert saved["bits_per_dim"] == pytest.approx(-r["log_px"] / (3072 * 0.6931471805599453))
     assert saved["bits_per_dim"] <= saved["bits_per_dim_vlb"] + 1e-9         # IS log p(x) >= VLB on the same samples
     assert (tmp_path / "res" / f"{preset}__smoke__s0.per_image.csv.gz").exists()
@@ -61,3 +63,25 @@ def test_paired_difference_of_two_runs(tmp_path):
     assert d["n"] == 4 and d["mean"] == pytest.approx(-(a - b).mean() / (3072 * 0.6931471805599453))
     same = paired_bits_per_dim("cifar-simple-diag", "cifar-simple-diag", "smoke", tmp_path)
     assert same["mean"] == 0 and same["se"] == 0
+
+
+def test_every_rank_builds_the_same_initial_model():
+    "The data-dependent init uses the same first images on every rank (and the single-process run's), not the rank's share."
+    data, preset = _data(), get_cifar_preset("cifar-simple-diag")
+    states = [initial_model(preset, d, 8, seed=0).state_dict() for d in (data, data.shard(0, 2), data.shard(1, 2))]
+    assert all(torch.equal(s[k], states[0][k]) for s in states[1:] for k in s)
+    other_seed = initial_model(preset, data, 8, seed=1).state_dict()
+    assert not all(torch.equal(other_seed[k], states[0][k]) for k in other_seed)
+
+
+def test_the_budget_batch_is_per_process(tmp_path):
+    "Rank 0 of 2 at the smoke budget (8 images per process): global batches of 16, so 32 training images make 2 steps an epoch."
+    r = cifar_run("cifar-simple-diag", "smoke", runs_dir=tmp_path / "runs", results_dir=tmp_path, progress=False, data=_data(), rank=0, world=2)
+    assert (r["world"], r["batch_size"], r["global_batch"]) == (2, 8, 16)
+    assert pd.read_csv(tmp_path / "cifar-simple-diag__smoke__s0.metrics.csv").steps.tolist() == [32 // 16]
+
+
+def test_curves_title_names_the_free_bits_term():
+    assert "the two terms of the bound" in _curves_title(["cifar-simple-diag"], "cpu")
+    title = _curves_title(["cifar-simple-diag", "cifar-resnet-d4-bi-iaf1h"], "cpu")
+    assert "free-bits term" in title and "terms of the bound" not in title

@@ -81,3 +81,25 @@ def test_sample_frequencies_match_probabilities():
     freq = torch.bincount(draws, minlength=256).double() / len(draws)
     p = discretized_logistic_log_prob(BINS, torch.tensor(-0.95, dtype=torch.float64), torch.tensor(-1.0, dtype=torch.float64)).exp()
     assert (freq - p).abs().max() < 5e-3 and freq[0] > 0.3
+
+
+@given(mu=st.floats(-1.3, 1.3), log_s=st.floats(-6, 1))
+def test_median_is_a_median_of_the_bins(mu, log_s):
+    "`median` returns a bin with at least half the mass at or below it and at least half at or above it (Eq. 1)."
+    p = discretized_logistic_log_prob(BINS, torch.tensor(mu, dtype=torch.float64), torch.tensor(log_s, dtype=torch.float64)).exp()
+    m = DiscretizedLogistic(1).median(torch.tensor(mu, dtype=torch.float64)).item()
+    assert p[:m + 1].sum() >= 0.5 - 1e-9 and p[m:].sum() >= 0.5 - 1e-9
+
+
+def test_median_is_not_always_the_most_probable_bin():
+    p = discretized_logistic_log_prob(BINS, torch.tensor(0.5, dtype=torch.float64), torch.tensor(-1.5, dtype=torch.float64)).exp()
+    assert DiscretizedLogistic(1).median(torch.tensor(0.5)).item() == 191 and p.argmax().item() == 255
+
+
+def test_likelihood_in_float32_under_bf16_autocast():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8, generator=g)
+    mu = (to_unit(x) + 0.01 * torch.randn(x.shape, generator=g)).to(torch.bfloat16)
+    lik = DiscretizedLogistic(3, init_log_scale=-4.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16): out = lik(mu, x)
+    assert out.dtype == torch.float32 and torch.equal(out, lik(mu.float(), x))

@@ -1,10 +1,10 @@
-"""Data-parallel training (chapter 25): 2 gloo processes on CPU take the single-process step; sharding; the train() hook."""
+"""Data-parallel training (chapter 25): 2 gloo processes on CPU take the single-process step and train alike; sharding; the train() hook."""
 import pytest
 import torch
 
 from iaf_repro.cifar import CIFAR10
 from iaf_repro.cifar_vae import CifarVAE
-from iaf_repro.distributed import ddp_matches_single_process, init_distributed
+from iaf_repro.distributed import ddp_matches_single_process, ddp_train_agrees, init_distributed, own_initial_model
 from iaf_repro.train import TrainConfig, train
 from iaf_repro.vae import VAEConfig
 
@@ -12,6 +12,15 @@ from iaf_repro.vae import VAEConfig
 def test_two_gloo_processes_match_a_single_process_step():
     gaps = ddp_matches_single_process(2)
     assert gaps["param_gap"] < 1e-6 and gaps["grad_gap_relative"] < 1e-6
+
+
+def test_two_gloo_processes_train_alike_from_different_initial_weights():
+    "train() under DDP: identical weight averages and metrics on both ranks (rank 0's start and decisions), different noise."
+    starts = [own_initial_model(r, 2).state_dict() for r in range(2)]
+    assert not all(torch.equal(starts[0][k], starts[1][k]) for k in starts[0])
+    agreed = ddp_train_agrees(2, epochs=2)
+    assert agreed["average_gap"] == 0 and agreed["metrics_equal"] and agreed["noise_differs"]
+    assert list(agreed["metrics"].epoch) == [1, 2] and agreed["metrics"].steps.iloc[-1] == 4          # 16 images, global batch 8
 
 
 def test_shards_partition_each_global_batch():

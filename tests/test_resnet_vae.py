@@ -6,8 +6,8 @@ import torch
 from hypothesis import given, strategies as st
 
 from iaf_repro.cifar import CIFAR10
-from iaf_repro.density import autograd_log_det
-from iaf_repro.resnet_vae import (RESNET_PRESETS, ARConv, MaskedIAFStep, ResNetConfig, ResNetVAE, free_bits_kl,
+from iaf_repro.density import LOG_2PI, autograd_log_det
+from iaf_repro.resnet_vae import (RESNET_PRESETS, ARConv, MaskedIAFStep, ResNetConfig, ResNetVAE, StochasticLayer, free_bits_kl,
                                   pixelcnn_masks)
 from iaf_repro.train import TrainConfig, bound_terms, train
 
@@ -100,22 +100,67 @@ def test_shapes_finite_sampling(cfg):
     assert model.reconstruct(x).shape == (3, 3, 32, 32)
 
 
-def test_bidirectional_posterior_depends_on_upper_latents_bottom_up_does_not():
-    "With bottom-up inference, q(z_1) is a function of x alone; bidirectional q(z_1) also changes with the noise of z_2."
-    x = _pixels(2)
-    for bidirectional in (False, True):
-        torch.manual_seed(0)
-        model = ResNetVAE(replace(TINY, bidirectional=bidirectional, iaf_hidden_layers=0)); model.initialize(x); model.eval()
-        h, ups = model.encode_in(x.float() / 127.5 - 1), []
-        for layer in model.layers: h, up = layer.up(h); ups.append(up)
-        means = []
-        for seed in (1, 2):
-            torch.manual_seed(seed)
-            hh = model.top(2)
-            hh, _, _ = model.layers[1].down(hh, ups[1])
-            parts = model.layers[0].down_in(torch.nn.functional.elu(hh)).split([3, 3] + ([3, 3] if bidirectional else []) + [6, 6], dim=1)
-            means.append(ups[0][0] + (parts[2] if bidirectional else 0))
-        assert torch.allclose(means[0], means[1]) != bidirectional
+def _down(layer, h, up, seed):
+    "Run `StochasticLayer.down` with seeded noise; return ELU(z) as the layer passes it on (ELU is one-to-one) and log q."
+    seen = []
+    hook = layer.down_out.register_forward_pre_hook(lambda module, args: seen.append(args[0][:, :layer.config.latent]))
+    try: _, log_q, _ = layer.down(h, up, torch.Generator().manual_seed(seed))
+    finally: hook.remove()
+    return seen[0], log_q
+
+
+def _layer_inputs(cfg):
+    torch.manual_seed(0)
+    layer = StochasticLayer(cfg).double()
+    h = torch.randn(2, cfg.hidden, 4, 4, dtype=torch.double)
+    up = tuple(torch.randn(2, c, 4, 4, dtype=torch.double) for c in (cfg.latent, cfg.latent, cfg.hidden))
+    return layer, h, up
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_posterior_in_down_follows_the_top_down_input_only_when_bidirectional(bidirectional):
+    "Bottom-up q(z_l) is a function of the bottom-up pass alone; bidirectional q(z_l) also moves with the top-down input h (Eq. 1)."
+    layer, h, up = _layer_inputs(replace(TINY, bidirectional=bidirectional, iaf_hidden_layers=0))
+    z, log_q = _down(layer, h, up, seed=1)
+    z_other_h, log_q_other_h = _down(layer, h + torch.randn_like(h), up, seed=1)          # another top-down input, the same noise
+    assert (not torch.allclose(z, z_other_h)) == bidirectional
+    assert (not torch.allclose(log_q, log_q_other_h)) == bidirectional
+    z_other_up, _ = _down(layer, h, tuple(t + 0.5 for t in up), seed=1)                   # the bottom-up input moves q in both
+    assert not torch.allclose(z, z_other_up)
+
+
+def _iaf_input(layer, h, up, seed):
+    "Run `StochasticLayer.down` with seeded noise; return what its IAF step received (z_0, context), that noise ε and log q."
+    seen = []
+    hook = layer.iaf.ar.register_forward_pre_hook(lambda module, args: seen.append(args))
+    try: _, log_q, _ = layer.down(h, up, torch.Generator().manual_seed(seed))
+    finally: hook.remove()
+    z0, context = seen[0]
+    return z0, context, torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed), dtype=z0.dtype), log_q
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_log_q_in_down_is_log_normal_of_z0_minus_the_iaf_log_det(bidirectional):
+    "log q(z_1) = log N(z_0; μ, σ²) - log|det ∂z_1/∂z_0| for the layer's own noise: pins the sign of the IAF term (IAF Eq. 4)."
+    layer, h, up = _layer_inputs(replace(TINY, bidirectional=bidirectional))
+    with torch.no_grad():
+        for p in layer.iaf.parameters(): p.mul_(3)                                         # a log-det well away from zero
+    z0, context, eps, log_q = _iaf_input(layer, h, up, seed=5)
+    z0_again, _, eps_again, _ = _iaf_input(layer, h, up, seed=6)
+    sigma = (z0 - z0_again) / (eps - eps_again)                                            # z_0 = μ + σ ε for both draws
+    mu = z0 - sigma * eps
+    if not bidirectional: assert torch.allclose(mu, up[0]) and torch.allclose(sigma, up[1].exp())   # the noise was the layer's
+    _, log_det = layer.iaf(z0, context)                                                    # the flow contract: log|det ∂z_1/∂z_0|
+    assert log_det.abs().min() > 0.5
+    log_normal_z0 = (-0.5 * eps ** 2 - sigma.log() - 0.5 * LOG_2PI).flatten(1).sum(1)
+    assert torch.allclose(log_q.flatten(1).sum(1), log_normal_z0 - log_det, atol=1e-8)
+
+
+def test_train_refuses_free_bits_twice(tmp_path):
+    data = CIFAR10("tiny", _pixels(8, 1), _pixels(4, 2), _pixels(4, 3))
+    with pytest.raises(ValueError, match="free bits would apply twice"):
+        train(ResNetVAE(TINY), data, TrainConfig(epochs=1, batch_size=4, free_bits=0.5), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_training_loop_runs_and_presets_are_complete(tmp_path):
