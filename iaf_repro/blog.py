@@ -6,7 +6,6 @@
 __all__ = ['BLOG_PRESETS', 'blog_table', 'blog_markdown', 'write_blog_table', 'plot_blog_curves', 'make_figures']
 
 # %% ../nbs/14_blog_table.ipynb #5f3b1e99
-import json
 import tempfile
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from .density import save_figure
-from .experiments import TARGETS, get_preset, plot_prior_samples, result_path, trained_model
+from .experiments import TARGETS, get_preset, plot_prior_samples, read_result, result_path, trained_model
 
 # %% ../nbs/14_blog_table.ipynb #45e58d26
 BLOG_PRESETS = ("thresholded-diag", "thresholded-iaf-d4-w320")
@@ -26,7 +25,7 @@ def _ours(results_dir: Path, preset: str, budget: str, seed: int) -> dict:
     "Our three losses (and test -VLB, -log p(x)) for a preset's run, with its provenance; {} if it has not run."
     path = result_path(results_dir, preset, budget, seed)
     if not path.exists(): return {}
-    result = json.loads(path.read_text())
+    result = read_result(path)
     metrics = pd.read_csv(result_path(results_dir, preset, budget, seed, ".metrics.csv"))
     best = metrics[metrics.epoch == result["best_epoch"]].iloc[0]
     return dict(train_loss=-best.train_vlb, valid_loss=-best.valid_vlb, test_recon_loss=-result["recon"],

@@ -20,7 +20,7 @@ from .cifar_vae import SIMPLE_PRESETS, CifarVAE, plot_images
 from .density import provenance, save_figure
 from .discretized import CIFAR_DIMS
 from .evaluate import bits_per_dim, evaluate, plot_training_curves
-from .experiments import (TARGETS, Budget, _read_result, _training_provenance, _write_json, result_path, run_name)
+from .experiments import (TARGETS, Budget, read_result, _training_provenance, _write_json, result_path, run_name)
 from .resnet_vae import RESNET_PRESETS, ResNetConfig, ResNetVAE
 from .train import TrainConfig, load_ema_model, resolve_device, train
 from .vae import VAEConfig
@@ -130,7 +130,7 @@ def build_cifar_table(table: str, results_dir: Path = Path("figures/tables/runs"
         published = dict(model=p.label, preset=p.name, published_bits_per_dim=_published(p.source, p.row, targets), published_source=p.source)
         for b in budgets:
             path = result_path(results_dir, p.name, b, seed)
-            rows.append(dict(_read_result(path), **published, status="ran") if path.exists()
+            rows.append(dict(read_result(path), **published, status="ran") if path.exists()
                         else dict(published, budget=b, seed=seed, status="not yet run at this budget"))
     return pd.DataFrame(rows).reindex(columns=CIFAR_COLUMNS)
 
@@ -198,7 +198,7 @@ def blog_table(results_dir: Path = Path("figures/tables/runs"), budget: str = "c
     for blog_row, preset in [("cifar10-vae", "cifar-simple-diag"), ("cifar10-vae-iaf", "cifar-simple-iaf-d2-w320")]:
         b = t[(t.table == "blog-T1") & (t.row == blog_row)].set_index("metric")["value"]
         path = result_path(results_dir, preset, budget, seed)
-        ours = _read_result(path) if path.exists() else {}
+        ours = read_result(path) if path.exists() else {}
         rows.append(dict(blog_model=blog_row, blog_train_loss=b.get("train_loss"), blog_valid_loss=b.get("valid_loss"),
                          blog_test_recon_loss=b.get("test_recon_loss"), our_preset=preset, budget=budget,
                          our_test_neg_vlb_nats=-ours["vlb"] if ours else "not yet run at this budget",

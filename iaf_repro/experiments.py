@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['PRESETS', 'TABLES', 'FIGURE_PRESETS', 'BUDGETS', 'TARGETS', 'TABLE_COLUMNS', 'TABLE_BUDGETS', 'DEFAULT_PRESETS',
-           'Preset', 'get_preset', 'Budget', 'get_budget', 'run_name', 'result_path', 'run', 'published', 'build_table',
-           'table_markdown', 'write_table', 'plot_prior_samples', 'table_figures', 'ensure_run', 'trained_model',
-           'reproduce']
+           'Preset', 'get_preset', 'Budget', 'get_budget', 'run_name', 'result_path', 'run', 'published', 'read_result',
+           'build_table', 'table_markdown', 'write_table', 'plot_prior_samples', 'table_figures', 'ensure_run',
+           'trained_model', 'reproduce']
 
 # %% ../nbs/09_experiments.ipynb #2eaec6d3
 import json
@@ -171,7 +171,8 @@ TABLE_COLUMNS = ["mnist", "model", "vlb", "vlb_se", "log_px", "log_px_se", "gap"
 
 TABLE_BUDGETS = ("cpu", "paper")   # smoke results are for tests and never enter a committed table
 
-def _read_result(path: Path) -> dict:
+def read_result(path: Path) -> dict:
+    "A run's results file as a dict; a corrupt one is an error that names it and the fix."
     try: return json.loads(path.read_text())
     except json.JSONDecodeError as e: raise ValueError(f"{path} is not a valid results file ({e}); rerun its run to rewrite it") from e
 
@@ -184,7 +185,7 @@ def build_table(table: str, results_dir: Path = Path("figures/tables/runs"), see
     for name in TABLES[table]:
         p = PRESETS[name]
         found = [result_path(results_dir, name, b, seed) for b in budgets]
-        runs = [_read_result(path) for path in found if path.exists()] or [dict(seed=seed)]
+        runs = [read_result(path) for path in found if path.exists()] or [dict(seed=seed)]
         rows += [dict(ours, mnist=p.mnist, model=p.label, **published(table, p.mnist, p.row)) for ours in runs]
     return pd.DataFrame(rows).reindex(columns=TABLE_COLUMNS)
 
@@ -263,7 +264,7 @@ def ensure_run(preset: str, budget: str = "cpu", seed: int = 0, device: str = "a
     missing = not result_path(results_dir, preset, budget, seed).exists()
     if weights: missing |= not (Path(runs_dir) / run_name(preset, budget, seed) / "best.pt").exists()
     if missing: return run(preset, budget, seed, device=device, runs_dir=runs_dir, results_dir=results_dir)
-    return _read_result(result_path(results_dir, preset, budget, seed))
+    return read_result(result_path(results_dir, preset, budget, seed))
 
 def trained_model(preset: str, budget: str = "cpu", seed: int = 0, device: str = "auto", runs_dir: Path = Path("runs"),
                   results_dir: Path = Path("figures/tables/runs")) -> VAE:
