@@ -137,13 +137,14 @@ class _BlockedMaskedProduct(torch.autograd.Function):
         x, mask, *masked = ctx.saved_tensors
         need_x, need_w, _, need_b, _ = ctx.needs_input_grad
         grad_x = torch.zeros_like(x) if need_x else None
-        grad_w = x.new_zeros(mask.shape) if need_w else None                             # zero outside the blocks
+        grad_w = x.new_empty(mask.shape) if need_w else None                             # every entry written once below
         for (r0, r1, c), w in zip(ctx.blocks, masked):
             g = grad[:, r0:r1]
             if need_x: grad_x[:, :c].addmm_(g, w)
             if need_w:
                 torch.mm(g.T, x[:, :c], out=grad_w[r0:r1, :c])
                 grad_w[r0:r1, :c].mul_(mask[r0:r1, :c])
+                grad_w[r0:r1, c:].zero_()                                                # outside the block: masked
         return grad_x, grad_w, None, (grad.sum(0) if need_b else None), None
 
 def _blocks_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -292,6 +292,23 @@ def test_ema_copies_buffers_and_rejects_other_models():
         ema_update(torch.nn.Linear(2, 1), torch.nn.Linear(2, 1, bias=False), 0.9)
 
 
+def test_ema_copies_a_buffer_again_only_after_either_side_changed_it():
+    model, ema = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    ema_update(ema, model, 0.5)
+    version = ema.running_mean._version
+    ema_update(ema, model, 0.5)
+    assert ema.running_mean._version == version                                    # unchanged: not copied again
+    model.running_mean.fill_(3.0)                                                  # the model's buffer written
+    ema_update(ema, model, 0.5)
+    assert torch.equal(ema.running_mean, model.running_mean)
+    ema.running_mean.zero_()                                                       # the average's copy written (a load, say)
+    ema_update(ema, model, 0.5)
+    assert torch.equal(ema.running_mean, model.running_mean)
+    other = torch.nn.BatchNorm1d(3); other.running_mean.fill_(-1.0)                # the same average fed by another model
+    ema_update(ema, other, 0.5)
+    assert torch.equal(ema.running_mean, other.running_mean)
+
+
 def test_validate_is_deterministic_and_leaves_the_callers_rng():
     model, data = tiny_model(0), tiny_data()
     state = torch.get_rng_state()
