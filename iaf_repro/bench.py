@@ -219,10 +219,10 @@ def train_speed(preset: str, images: torch.Tensor, batch_size: int, device: torc
     _autocast(device, dtype)
     if len(images) < batch_size: raise ValueError(f"need {batch_size} images for batch {batch_size}, got {len(images)}")
     x = images[:batch_size].to(device)
-    with PeakMemory(device) as memory:
+    with PeakMemory(device) as memory:                                     # watched: the build and the warm-up steps
         model, steps = _training_steps(preset, x, device, dtype, compile)
-        if bench.warmup_steps: steps(bench.warmup_steps)
-        seconds = timed(lambda: steps(bench.steps_per_chunk), bench.chunks, device, warmup=0)
+        steps(max(1, bench.warmup_steps))
+    seconds = timed(lambda: steps(bench.steps_per_chunk), bench.chunks, device, warmup=0)   # timed: unwatched
     per_step = statistics.median(seconds) / bench.steps_per_chunk
     return dict(measurement="train", batch_size=batch_size, k=1, images_per_s=batch_size / per_step,
                 flops_per_image=training_flops(model, x), peak_memory_mb=memory.mb)
@@ -238,7 +238,7 @@ def is_speed(preset: str, images: torch.Tensor, device: torch.device, bench: Ben
         def run(k):
             with _autocast(device, dtype): evaluate(run_model, x, k=k, progress=False)
         run(min(16, bench.is_samples))                               # warm-up: one pass of evaluate's 16-sample chunks, same shapes
-        seconds = timed(lambda: run(bench.is_samples), bench.is_chunks, device, warmup=0)
+    seconds = timed(lambda: run(bench.is_samples), bench.is_chunks, device, warmup=0)   # timed: unwatched
     rate = len(x) / statistics.median(seconds)
     return dict(measurement="is_log_px", batch_size=len(x), k=bench.is_samples, images_per_s=rate,
                 projected_test_min=bench.test_images / rate / 60, flops_per_image=is_flops(model, x[:2], bench.is_samples),
@@ -251,8 +251,9 @@ def sample_speed(preset: str, images: torch.Tensor, device: torch.device, bench:
     g = torch.Generator(device).manual_seed(0)
     rows = []
     for measurement, n in (("sample_latency", 1), ("sample_batch", bench.sample_batch)):
-        with PeakMemory(device) as memory, _autocast(device, dtype):
-            seconds = statistics.median(timed(lambda: model.sample(n, g), bench.sample_repeats, device))
+        with _autocast(device, dtype):
+            with PeakMemory(device) as memory: model.sample(n, g)                          # watched: the warm-up call
+            seconds = statistics.median(timed(lambda: model.sample(n, g), bench.sample_repeats, device, warmup=0))
         rows.append(dict(measurement=measurement, batch_size=n, k=1, images_per_s=n / seconds, latency_ms=1e3 * seconds,
                          flops_per_image=count_flops(lambda: model.sample(1, g)), peak_memory_mb=memory.mb))
     return rows
