@@ -434,7 +434,7 @@ def run_bench(presets: list[str] | None = None, threads: int | None = None, devi
                 save_table(frame.assign(**info), out_dir / "tables" / f"bench_profile_{name}_{what}{'' if dtype == 'fp32' else '_' + dtype}.csv")
         if dtype == "fp32" and not compile:
             variants = [row for name in presets if name in PROFILED
-                        for row in training_variants(name, train_images, dev, max(bench.batch_sizes), rounds=2 if quick else 6)]
+                        for row in training_variants(name, train_images, dev, max(bench.batch_sizes), rounds=2 if quick else 12)]
             if variants: save_table(pd.DataFrame(variants).assign(**info), out_dir / "tables" / "bench_variants.csv")
     finally:
         torch.set_num_threads(previous_threads)
