@@ -209,7 +209,7 @@ def _training_steps(preset: str, x: torch.Tensor, device: torch.device, dtype: s
     config = TrainConfig(epochs=1, batch_size=len(x), amp=dtype == "bf16", compile=compile)
     optimizer = torch.optim.Adamax(model.parameters(), lr=config.lr, betas=config.betas)       # as `train` builds it
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    step_model = torch.compile(model) if compile else model
+    step_model = torch.compile(model, dynamic=False) if compile else model   # static shapes, as in `train`
     bar = tqdm(disable=True)
     return model, lambda n: _train_epoch(model, step_model, ema, itertools.repeat(x, n), optimizer, config, bar)[0].tolist()
 

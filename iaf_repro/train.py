@@ -318,7 +318,7 @@ def train(model: nn.Module, data: BinarizedMNIST, config: TrainConfig, run_dir: 
     else:
         torch.manual_seed(config.seed + _rank()); generator.manual_seed(config.seed)   # noise per rank, one shuffle for all
         run = dict(epoch=0, steps=0, best_vlb=-math.inf, best_epoch=0, since_best=0, stopped=False, rows=[])
-    step_model = torch.compile(step_model) if config.compile else step_model
+    step_model = torch.compile(step_model, dynamic=False) if config.compile else step_model   # static shapes: randn(k, B, D) fails dynamic
     valid = data.valid[: config.valid_images]
     steps_per_epoch = min(len(data.train) // config.batch_size, config.max_steps_per_epoch or math.inf)
     first = config.epochs + 1 if run["stopped"] else run["epoch"] + 1                # a run stopped early stays stopped
