@@ -451,12 +451,13 @@ def bench_name(dtype: str = "fp32", compile: bool = False) -> str:
     return "bench" + ("" if dtype == "fp32" else f"_{dtype}") + ("_compile" if compile else "")
 
 # %% ../nbs/95_bench.ipynb #72ba1d64
-def precision_gap(preset: str, images: torch.Tensor, device: torch.device, k: int = 1, seed: int = 0) -> dict:
-    "VLB and IS log p(x) of the same weights and noise, fp32 vs bf16 autocast, on `images`: means, paired difference and its s.e., fp32 s.e."
-    model = build_model(preset, images[:100], device, seed).eval()
+def precision_gap(preset: str, images: torch.Tensor, device: torch.device, k: int = 1, seed: int = 0,
+                  trained: VAE | None = None) -> dict:
+    "VLB and IS log p(x) of the same weights and noise, fp32 vs bf16 autocast, on `images`: means, paired difference and its s.e., fp32 s.e. Weights: `trained`'s, else the preset's initial ones."
+    model = (build_model(preset, images[:100], device, seed) if trained is None else trained.to(device)).eval()
     fp32 = evaluate(model, images, k=k, seed=seed, progress=False).per_image
     with _autocast(device, "bf16"): bf16 = evaluate(model, images, k=k, seed=seed, progress=False).per_image
-    n, out = len(images), dict(preset=preset, k=k, images=len(images))
+    n, out = len(images), dict(preset=preset, weights="initial" if trained is None else "trained", k=k, images=len(images))
     for column in ("vlb", "log_px"):
         diff = bf16[column] - fp32[column]
         out |= {f"{column}_fp32": fp32[column].mean(), f"{column}_bf16": bf16[column].mean(), f"{column}_fp32_se": fp32[column].std() / n**0.5,

@@ -273,7 +273,6 @@ def trained_model(preset: str, budget: str = "cpu", seed: int = 0, device: str =
     return load_ema_model(VAE(get_preset(preset).model), Path(runs_dir) / run_name(preset, budget, seed))
 
 DEFAULT_PRESETS = ("static-diag", "static-iaf-d2-w320", "static-iaf-d2-w320-const")   # the rows of the default `cpu` reproduction
-   # the rows of the default `cpu` reproduction
 
 def reproduce(budget: str = "cpu", presets: list[str] | None = None, seed: int = 0, device: str = "auto",
               runs_dir: Path = Path("runs"), results_dir: Path = Path("figures/tables/runs"),
