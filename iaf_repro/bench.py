@@ -7,8 +7,8 @@ __all__ = ['BENCH_ROWS', 'BENCH_PRESETS', 'DTYPES', 'QUICK', 'PROFILED', 'BENCH_
            'TARGETS', 'get_bench_preset', 'bench_device', 'cpu_model', 'bench_provenance', 'count_flops',
            'training_flops', 'is_flops', 'timed', 'gemm_backends', 'matmul_peak', 'PeakMemory', 'BenchConfig',
            'build_model', 'train_speed', 'is_speed', 'sample_speed', 'bench_preset', 'bench_images', 'save_table',
-           'profile_ops', 'profile_preset', 'blocked_products', 'nchw_conv_weights', 'training_variants',
-           'load_reference', 'bench_targets', 'plot_bench', 'run_bench', 'bench_name', 'precision_gap']
+           'profile_ops', 'profile_preset', 'nchw_conv_weights', 'training_variants', 'load_reference', 'bench_targets',
+           'plot_bench', 'run_bench', 'bench_name', 'precision_gap']
 
 # %% ../nbs/95_bench.ipynb #3f364402
 import copy
@@ -22,7 +22,7 @@ import statistics
 import threading
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,7 +34,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from . import made as made_module
+from .made import blocked_products
 from .density import provenance, save_figure
 from .evaluate import evaluate
 from .experiments import BUDGETS, PRESETS
@@ -311,13 +311,6 @@ def profile_preset(preset: str, train_images: torch.Tensor, test_images: torch.T
     return {"train": profile_ops(lambda: steps(2), device), "is": profile_ops(run_is, device)}
 
 # %% ../nbs/95_bench.ipynb #ceb26ce7
-@contextmanager
-def blocked_products(on: bool):
-    "Chapter 03's blocked training products on or off while the block runs."
-    saved, made_module.BLOCKED_PRODUCTS = made_module.BLOCKED_PRODUCTS, on
-    try: yield
-    finally: made_module.BLOCKED_PRODUCTS = saved
-
 def nchw_conv_weights(model: torch.nn.Module) -> None:
     "Store every 4-D parameter (the convolutions' v) NCHW, the layout before chapter 06 made them channels-last."
     for p in model.parameters():

@@ -4,10 +4,12 @@
 
 # %% auto #0
 __all__ = ['CONTEXT_DEGREE', 'ONEDNN_INFERENCE', 'BLOCKED_PRODUCTS', 'ROW_BLOCKS', 'made_degrees', 'made_masks', 'MaskedLinear',
-           'MADE', 'staircase_blocks', 'made_jacobians', 'autoregressive_violations', 'plot_made_masks', 'make_figures']
+           'MADE', 'staircase_blocks', 'blocked_products', 'made_jacobians', 'autoregressive_violations',
+           'plot_made_masks', 'make_figures']
 
 # %% ../nbs/03_made.ipynb #ed11245d
 import weakref
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -87,14 +89,19 @@ def _onednn_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling() and torch.backends.mkldnn.is_available())
 
+def _per_layer(cache: weakref.WeakKeyDictionary, layer: MaskedLinear, tensors: tuple[torch.Tensor, ...], compute):
+    "`compute()` for `layer`, remembered in `cache` until one of `tensors` is written or replaced (their version counters and pointers)."
+    key = tuple((t._version, t.data_ptr()) for t in tensors)
+    hit = cache.get(layer)
+    if hit is None or hit[0] != key:
+        hit = key, compute()
+        cache[layer] = hit
+    return hit[1]
+
 def _packed_masked_weight(layer: MaskedLinear, rows: int) -> torch.Tensor:
     "W ⊙ M in oneDNN's packed layout, packed again only when the weight or the mask has changed (MADE Eq. 12)."
-    key = (layer.weight._version, layer.weight.data_ptr(), layer.mask._version, layer.mask.data_ptr())
-    hit = _PACKED.get(layer)
-    if hit is None or hit[0] != key:
-        hit = key, torch.ops.mkldnn._reorder_linear_weight(layer.weight * layer.mask, rows)
-        _PACKED[layer] = hit
-    return hit[1]
+    return _per_layer(_PACKED, layer, (layer.weight, layer.mask),
+                      lambda: torch.ops.mkldnn._reorder_linear_weight(layer.weight * layer.mask, rows))
 
 @patch
 def forward(self: MaskedLinear, x: torch.Tensor) -> torch.Tensor:
@@ -154,12 +161,15 @@ def _blocks_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def _row_blocks(layer: MaskedLinear) -> list[tuple[int, int, int]] | None:
     "The layer's staircase blocks, read off its mask once and again only when the mask has changed."
-    key = (layer.mask._version, layer.mask.data_ptr())
-    hit = _STAIRS.get(layer)
-    if hit is None or hit[0] != key:
-        hit = key, staircase_blocks(layer.mask)
-        _STAIRS[layer] = hit
-    return hit[1]
+    return _per_layer(_STAIRS, layer, (layer.mask,), lambda: staircase_blocks(layer.mask))
+
+@contextmanager
+def blocked_products(on: bool):
+    "`BLOCKED_PRODUCTS` set to `on` while the block runs: to check or time the blocked path against the plain one."
+    global BLOCKED_PRODUCTS
+    saved, BLOCKED_PRODUCTS = BLOCKED_PRODUCTS, on
+    try: yield
+    finally: BLOCKED_PRODUCTS = saved
 
 _dense_forward = MaskedLinear.forward         # the oneDNN inference path of the previous section, else the plain one
 

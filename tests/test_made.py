@@ -166,13 +166,9 @@ def test_wide_made_trains_through_the_blocks_and_keeps_the_autoregressive_proper
     z, h = torch.randn(3, 32, dtype=torch.float64, requires_grad=True), torch.randn(3, 16, dtype=torch.float64)
 
     def run(blocked):
-        made_module.BLOCKED_PRODUCTS = blocked
-        try:
-            made.zero_grad()
+        with made_module.blocked_products(blocked):
             out = made(z, h)
             grads = torch.autograd.grad(out.square().sum(), [z, *made.parameters()])
-        finally:
-            made_module.BLOCKED_PRODUCTS = True
         return [out.detach(), *grads]
 
     made_module._STAIRS.clear()
@@ -204,3 +200,11 @@ def test_a_checkpoint_with_cyclic_masks_loads_and_runs_the_plain_path():
         if i < 4: x = torch.nn.functional.elu(x)
     torch.testing.assert_close(out, x.view(4, 2, 32), rtol=1e-5, atol=1e-5)
     assert made_module._STAIRS[old.net[2]][1] is None
+
+
+def test_blocked_products_switch_restores_the_flag_even_after_an_error():
+    with pytest.raises(RuntimeError, match="inside"):
+        with made_module.blocked_products(False):
+            assert made_module.BLOCKED_PRODUCTS is False
+            raise RuntimeError("inside")
+    assert made_module.BLOCKED_PRODUCTS is True
