@@ -167,7 +167,7 @@ def _reproduce_cifar(budget: str, device: str, out: Path) -> None:
     cifar = importlib.import_module("iaf_repro.cifar_experiments")
     runs = out / "tables" / "runs"
     for preset in CIFAR_DEFAULT_PRESETS:
-        if not cifar.result_path(runs, preset, budget, 0).exists(): cifar.cifar_run(preset, budget, device=device, results_dir=runs)
+        importlib.import_module("iaf_repro.experiments").ensure_run(preset, budget, device=device, results_dir=runs, runner=cifar.cifar_run)
     cifar.write_cifar_tables(runs, out / "tables")
     cifar.cifar_run_figures(budget, runs, out_dir=out)
 

@@ -259,11 +259,11 @@ def table_figures(table: str, budget: str, results_dir: Path = Path("figures/tab
 
 # %% ../nbs/09_experiments.ipynb #848c1791
 def ensure_run(preset: str, budget: str = "cpu", seed: int = 0, device: str = "auto", runs_dir: Path = Path("runs"),
-               results_dir: Path = Path("figures/tables/runs"), weights: bool = False) -> dict:
-    "A run's results, training it first if its results file is missing (with `weights=True`: or its trained weights, which git does not keep)."
+               results_dir: Path = Path("figures/tables/runs"), weights: bool = False, runner=None) -> dict:
+    "A run's results, training it first if its results file is missing (with `weights=True`: or its trained weights, which git does not keep). `runner`: the training function, `run` by default (chapter 24's `cifar_run` for CIFAR-10)."
     missing = not result_path(results_dir, preset, budget, seed).exists()
     if weights: missing |= not (Path(runs_dir) / run_name(preset, budget, seed) / "best.pt").exists()
-    if missing: return run(preset, budget, seed, device=device, runs_dir=runs_dir, results_dir=results_dir)
+    if missing: return (runner or run)(preset, budget, seed, device=device, runs_dir=runs_dir, results_dir=results_dir)
     return read_result(result_path(results_dir, preset, budget, seed))
 
 def trained_model(preset: str, budget: str = "cpu", seed: int = 0, device: str = "auto", runs_dir: Path = Path("runs"),

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from iaf_repro.experiments import (BUDGETS, PRESETS, TABLES, TARGETS, build_table, get_budget, get_preset, published,
-                                   run, run_name, table_markdown, write_table)
+                                   ensure_run, result_path, run, run_name, table_markdown, write_table)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_TARGETS = ROOT.parent / "shared" / "reference" / "targets.csv"
@@ -77,3 +77,17 @@ def test_smoke_run_writes_results_with_provenance(tmp_path):
     assert saved["eval_images"] == BUDGETS["smoke"].eval_images and saved["is_samples"] == BUDGETS["smoke"].is_samples
     metrics = pd.read_csv(tmp_path / "results" / "static-diag__smoke__s0.metrics.csv")
     assert list(metrics.epoch) == [1]
+
+
+def test_ensure_run_calls_the_given_runner_only_while_the_results_file_is_missing(tmp_path):
+    "A CIFAR-10 reproduction passes `cifar_run` as the runner; any runner is called once, then its results are read back."
+    calls = []
+    def runner(preset, budget, seed, device, runs_dir, results_dir):
+        calls.append((preset, budget, seed))
+        path = result_path(results_dir, preset, budget, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"run": run_name(preset, budget, seed)}))
+        return {"run": run_name(preset, budget, seed)}
+    first = ensure_run("cifar-simple-diag", "smoke", runs_dir=tmp_path / "runs", results_dir=tmp_path / "results", runner=runner)
+    again = ensure_run("cifar-simple-diag", "smoke", runs_dir=tmp_path / "runs", results_dir=tmp_path / "results", runner=runner)
+    assert calls == [("cifar-simple-diag", "smoke", 0)] and first == again
