@@ -20,7 +20,7 @@ from .cifar_vae import SIMPLE_PRESETS, CifarVAE, plot_images
 from .density import provenance, save_figure
 from .discretized import CIFAR_DIMS
 from .evaluate import bits_per_dim, evaluate, plot_training_curves
-from .experiments import (TARGETS, Budget, read_result, _training_provenance, _write_json, result_path, run_name)
+from .experiments import TARGETS, Budget, read_result, result_path, run_name, training_provenance, write_json
 from .resnet_vae import RESNET_PRESETS, ResNetConfig, ResNetVAE
 from .train import TrainConfig, load_ema_model, resolve_device, train
 from .vae import VAEConfig
@@ -77,7 +77,7 @@ def cifar_run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "
     p, b, dev = get_cifar_preset(preset), get_cifar_budget(budget), resolve_device(device)
     name = run_name(preset, budget, seed)
     run_dir = Path(runs_dir) / name / (f"rank{rank}" if rank else "")     # data-parallel ranks > 0 keep their own checkpoints
-    trained_by = _training_provenance(run_dir, dev)
+    trained_by = training_provenance(run_dir, dev)
     data = cifar_subset(data if data is not None else load_cifar10(), b.train_images, b.eval_images).shard(rank, world).to(dev)
     model = initial_model(p, data, b.batch_size, seed, dev)
     config = TrainConfig(epochs=b.epochs, batch_size=b.batch_size * world, seed=seed, early_stop_patience=b.early_stop_patience,
@@ -97,7 +97,7 @@ def cifar_run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "
                    train_seconds=round(float(metrics.seconds.sum()), 2), eval_seconds=round(time.perf_counter() - start, 2),
                    **provenance(dev), trained_commit=trained_by.get("commit", "not recorded"), trained_dirty=trained_by.get("dirty"))
     results_dir = Path(results_dir); results_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(result_path(results_dir, preset, budget, seed), results)
+    write_json(result_path(results_dir, preset, budget, seed), results)
     metrics.to_csv(result_path(results_dir, preset, budget, seed, ".metrics.csv"), index=False)
     evaluation.per_image.to_csv(result_path(results_dir, preset, budget, seed, ".per_image.csv.gz"), index=False, float_format="%.4f")
     return results

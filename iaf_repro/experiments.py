@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['PRESETS', 'TABLES', 'FIGURE_PRESETS', 'BUDGETS', 'TARGETS', 'TABLE_COLUMNS', 'TABLE_BUDGETS', 'DEFAULT_PRESETS',
-           'Preset', 'get_preset', 'Budget', 'get_budget', 'run_name', 'result_path', 'run', 'published', 'read_result',
-           'build_table', 'table_markdown', 'write_table', 'plot_prior_samples', 'table_figures', 'ensure_run',
-           'trained_model', 'reproduce']
+           'Preset', 'get_preset', 'Budget', 'get_budget', 'run_name', 'result_path', 'write_json',
+           'training_provenance', 'run', 'published', 'read_result', 'build_table', 'table_markdown', 'write_table',
+           'plot_prior_samples', 'table_figures', 'ensure_run', 'trained_model', 'reproduce']
 
 # %% ../nbs/09_experiments.ipynb #2eaec6d3
 import json
@@ -106,18 +106,18 @@ def _subset(data: BinarizedMNIST, budget: Budget) -> BinarizedMNIST:
     "The data a budget trains and evaluates on: test images evenly spaced (static MNIST's test split is sorted by digit)."
     return replace(data, train=data.train[: budget.train_images], test=evenly_spaced(data.test, budget.eval_images))
 
-def _write_json(path: Path, obj: dict) -> None:
+def write_json(path: Path, obj: dict) -> None:
     "Write JSON atomically (a temporary file, then a rename), so a crash never leaves half a results file."
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1) + "\n")
     os.replace(tmp, path)
 
-def _training_provenance(run_dir: Path, device: torch.device) -> dict:
+def training_provenance(run_dir: Path, device: torch.device) -> dict:
     "Provenance of the code that trains a run: written when it starts, kept on resume ({} for a run begun without one)."
     path = run_dir / "provenance.json"
     if not path.exists() and not (run_dir / "checkpoint.pt").exists():
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(path, provenance(device))
+        write_json(path, provenance(device))
     return json.loads(path.read_text()) if path.exists() else {}
 
 def run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto", runs_dir: Path = Path("runs"),
@@ -126,7 +126,7 @@ def run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto",
     p, b, dev = get_preset(preset), get_budget(budget), resolve_device(device)
     name = run_name(preset, budget, seed)
     run_dir = Path(runs_dir) / name
-    trained_by = _training_provenance(run_dir, dev)
+    trained_by = training_provenance(run_dir, dev)
     data = _subset(load_mnist(p.mnist, device=dev), b)
     torch.manual_seed(seed)
     model = VAE(p.model).to(dev)
@@ -145,7 +145,7 @@ def run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto",
                    **provenance(dev), trained_commit=trained_by.get("commit", "not recorded"),
                    trained_dirty=trained_by.get("dirty"))
     results_dir = Path(results_dir); results_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(result_path(results_dir, preset, budget, seed), results)
+    write_json(result_path(results_dir, preset, budget, seed), results)
     metrics.to_csv(result_path(results_dir, preset, budget, seed, ".metrics.csv"), index=False)
     evaluation.per_image.to_csv(result_path(results_dir, preset, budget, seed, ".per_image.csv.gz"), index=False, float_format="%.4f")
     return results
