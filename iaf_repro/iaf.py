@@ -5,9 +5,10 @@
 # %% auto #0
 __all__ = ['IAFStep', 'flow_jacobian', 'IAF', 'iaf_log_q', 'LinearIAFStep', 'linear_iaf_covariance', 'gaussian_kl',
            'diagonal_kl_floor', 'fit_linear_iaf', 'funnel_log_prob', 'location_only_kl_floor', 'fit_funnel',
-           'plot_funnel_fits', 'plot_iaf_jacobians', 'plot_linear_iaf', 'make_figures']
+           'plot_funnel_fits', 'z_dependence', 'plot_iaf_jacobians', 'plot_linear_iaf', 'make_figures']
 
 # %% ../nbs/04_iaf.ipynb #8d3b7194
+import copy
 import math
 from pathlib import Path
 
@@ -211,6 +212,50 @@ def plot_funnel_fits(fits: dict, c: float = 2.0, n_samples: int = 2000, seed: in
     ax.legend(frameon=False)
     fig.suptitle("Learned σ can widen and narrow the density where needed; constant σ (volume preserving) cannot")
     return fig
+
+# %% ../nbs/04_iaf.ipynb #b825e14c
+def _layer_jacobians(layer: nn.Module, z: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
+    "Autograd Jacobian of one flow layer at every row: `z [S, D], h [S, C] or None -> [S, D, D]`."
+    one = lambda z, h: layer(z[None], None if h is None else h[None])[0][0]
+    return torch.func.vmap(torch.func.jacrev(one), in_dims=(0, None if h is None else 0))(z, h)
+
+def _z_dependence_at(flow: FlowChain, z0: torch.Tensor, h: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    "Eqs. 17-19 for one image from its samples `z0 [S, D]` (context rows `h [S, C]`)."
+    S, D = z0.shape
+    z, J = z0, torch.eye(D, dtype=z0.dtype).expand(S, D, D)
+    shift_spread, log_scale_spread, scales = [], [], []
+    for layer in flow.layers:
+        J_t = _layer_jacobians(layer, z, h)                                   # [S, D, D]
+        z_next = layer(z, h)[0]
+        scale = torch.diagonal(J_t, dim1=1, dim2=2)                           # [S, D]: sigma_t (Eq. 4)
+        shift = z_next - scale * z                                            # Eq. 18
+        shift_spread.append((shift.std(0) / z.std(0).clamp(min=1e-300)).mean())
+        log_scale_spread.append(scale.abs().log().std(0).mean())
+        scales.append(scale)
+        J, z = J_t @ J, z_next                                                # chain rule (Eq. 9)
+    diag = torch.diagonal(J, dim1=1, dim2=2)
+    mean_J, scales = J.mean(0), torch.cat(scales)
+    return dict(offdiag_ratio=((J - torch.diag_embed(diag)).flatten(1).norm(dim=1) / diag.norm(dim=1)).mean(),
+                jacobian_variation=(J - mean_J).flatten(1).norm(dim=1).mean() / mean_J.norm(),
+                shift_spread=torch.stack(shift_spread).mean(), log_scale_spread=torch.stack(log_scale_spread).mean(),
+                gate_mean=scales.mean(), gate_saturated=((1 - scales).abs() < 2**-24).double().mean())
+
+# %% ../nbs/04_iaf.ipynb #0492197a
+def z_dependence(flow: FlowChain, mu: torch.Tensor, log_sigma0: torch.Tensor, h: torch.Tensor | None = None,
+                 samples: int = 32, seed: int = 0) -> dict[str, float]:
+    "How much a posterior flow depends on z: Eqs. 17-19 and the gate, from float64 Jacobians at `samples` draws per image of `mu, log_sigma0 [B, D]`, averaged over the images."
+    B, D = check_batch(mu, name="mu")
+    if log_sigma0.shape != mu.shape: raise ValueError(f"log_sigma0 must have the shape of mu {tuple(mu.shape)}, got {tuple(log_sigma0.shape)}")
+    if h is not None and check_batch(h, name="h")[0] != B: raise ValueError(f"h has batch {len(h)}, but mu has batch {B}")
+    if not isinstance(samples, int) or samples < 2: raise ValueError(f"samples must be an integer >= 2 to measure a spread, got {samples!r}")
+    flow64 = copy.deepcopy(flow).to("cpu", torch.float64).eval()
+    mu, log_sigma0 = (t.detach().to("cpu", torch.float64) for t in (mu, log_sigma0))
+    eps = torch.randn(B, samples, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    per_image = []
+    for b in range(B):
+        h_rows = None if h is None else h[b].detach().to("cpu", torch.float64).expand(samples, -1)     # [S, C]
+        per_image.append(_z_dependence_at(flow64, mu[b] + log_sigma0[b].exp() * eps[b], h_rows))
+    return {name: torch.stack([r[name] for r in per_image]).mean().item() for name in per_image[0]}
 
 # %% ../nbs/04_iaf.ipynb #9df1dd74
 def plot_iaf_jacobians(D: int = 6, hidden_sizes: list[int] = (24, 24), seed: int = 0):
