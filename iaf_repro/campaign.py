@@ -6,7 +6,7 @@
 __all__ = ['STATUS_COLUMNS', 'parse_duration', 'campaign', 'status', 'replication_vlb', 'plot_campaign_progress',
            'write_campaign_status']
 
-# %% ../nbs/09b_campaign.ipynb #4f7fdf6a
+# %% ../nbs/09b_campaign.ipynb #01a301f9
 import math
 import os
 import platform
@@ -24,7 +24,7 @@ from .density import provenance, save_figure
 from .experiments import PRESETS, get_budget, get_preset, published, resolve_runs_dir, result_path, run_name
 from .train import StopRequests, TrainingInterrupted, run_progress
 
-# %% ../nbs/09b_campaign.ipynb #f2d62481
+# %% ../nbs/09b_campaign.ipynb #87c8e224
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
 
 def parse_duration(text: str) -> float:
@@ -34,7 +34,7 @@ def parse_duration(text: str) -> float:
     if not seconds > 0: raise ValueError(f"a duration must look like 2h40m, 90m or 45s (hours, minutes, seconds, more than zero), got {text!r}")
     return seconds
 
-# %% ../nbs/09b_campaign.ipynb #10ad7482
+# %% ../nbs/09b_campaign.ipynb #f4da9a9d
 def _train_command(preset: str, budget: str, seed: int, device: str, threads: int, runs_dir: Path, results_dir: Path,
                    deadline: float | None) -> list[str]:
     "The `iaf-repro train` command line of one run, stopping at `deadline`."
@@ -55,7 +55,7 @@ def _outcome(returncode: int, stopping: bool) -> str:
     if returncode == TrainingInterrupted.exit_status or stopping: return "stopped"
     return f"failed (exit {returncode})"
 
-# %% ../nbs/09b_campaign.ipynb #6e5bae5d
+# %% ../nbs/09b_campaign.ipynb #55739c49
 def campaign(presets: list[str], budget: str = "paper", parallel: int = 2, threads: int = 1, until: str | None = None,
              seed: int = 0, device: str = "cpu", runs_dir: Path | None = None, results_dir: Path = Path("figures/tables/runs"),
              nice: int = 5, poll: float = 1.0) -> pd.DataFrame:
@@ -81,7 +81,7 @@ def campaign(presets: list[str], budget: str = "paper", parallel: int = 2, threa
     return pd.DataFrame([dict(preset=p, run=run_name(p, budget, seed), outcome=outcomes.get(p, "not started"), log=str(logs[p]))
                          for p in names])
 
-# %% ../nbs/09b_campaign.ipynb #c8a412f7
+# %% ../nbs/09b_campaign.ipynb #01462f06
 STATUS_COLUMNS = ["run", "preset", "budget", "seed", "epoch", "best_epoch", "best_vlb", "lr", "seconds_per_epoch", "early_stopped",
                   "finished", "epochs_left_min", "epochs_left_max", "hours_left_min", "hours_left_max", "results", "problem"]
 
@@ -111,7 +111,7 @@ def status(runs_dir: Path | None = None, results_dir: Path = Path("figures/table
     folders = sorted(f for f in root.iterdir() if f.is_dir()) if root.is_dir() else []
     return pd.DataFrame([_status_row(f, Path(results_dir)) for f in folders], columns=STATUS_COLUMNS)
 
-# %% ../nbs/09b_campaign.ipynb #c5ddea80
+# %% ../nbs/09b_campaign.ipynb #69475b37
 def _host_cpu() -> str:
     "The CPU's model name (from /proc/cpuinfo on Linux), else what `platform` knows."
     try: return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
@@ -130,7 +130,7 @@ def replication_vlb(preset: str) -> float:
     ref = published("table2" if p.row.endswith("-const") else "table1", p.mnist, p.row)
     return ref["published_vlb"] if ref["published_source"].startswith("replication") else math.nan
 
-# %% ../nbs/09b_campaign.ipynb #6e309620
+# %% ../nbs/09b_campaign.ipynb #ab5b6e2e
 def plot_campaign_progress(curves: dict[str, pd.DataFrame], references: dict[str, float]):
     "Validation VLB against epoch, a line per run, each run's reference VLB (if any) dashed in its colour."
     fig, ax = plt.subplots(figsize=(9, 5), constrained_layout=True)
@@ -138,7 +138,9 @@ def plot_campaign_progress(curves: dict[str, pd.DataFrame], references: dict[str
         ax.plot(curve.epoch, curve.valid_vlb, "o-", ms=2, lw=1.2, color=f"C{i % 10}", label=name)
         if not math.isnan(references.get(name, math.nan)): ax.axhline(references[name], color=f"C{i % 10}", ls="--", lw=1)
     values = pd.concat([c.valid_vlb for c in curves.values()] + [pd.Series(references, dtype=float).dropna()]) if curves else None
-    if values is not None and len(values): ax.set_ylim(values.quantile(0.05) - 2, values.max() + 2)   # the first epochs lie far below
+    if values is not None and len(values):                                      # the first epochs lie far below: leave them out
+        low, high = values.quantile(0.05), values.max()
+        ax.set_ylim(low - 0.05 * (high - low) - 1, high + 0.05 * (high - low) + 1)
     if curves: ax.legend(fontsize=8, frameon=False, loc="lower right")
     else: ax.text(0.5, 0.5, "no run has finished an epoch yet", ha="center", transform=ax.transAxes)
     ax.set(xlabel="epoch", ylabel="validation VLB (nats per image)",
