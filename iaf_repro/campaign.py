@@ -6,7 +6,7 @@
 __all__ = ['STATUS_COLUMNS', 'parse_duration', 'campaign', 'status', 'replication_vlb', 'plot_campaign_progress',
            'write_campaign_status']
 
-# %% ../nbs/09b_campaign.ipynb #01a301f9
+# %% ../nbs/09b_campaign.ipynb #e453aa09
 import math
 import os
 import platform
@@ -24,7 +24,7 @@ from .density import provenance, save_figure
 from .experiments import PRESETS, get_budget, get_preset, published, resolve_runs_dir, result_path, run_name
 from .train import StopRequests, TrainingInterrupted, run_progress
 
-# %% ../nbs/09b_campaign.ipynb #87c8e224
+# %% ../nbs/09b_campaign.ipynb #a5579eb3
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
 
 def parse_duration(text: str) -> float:
@@ -34,7 +34,7 @@ def parse_duration(text: str) -> float:
     if not seconds > 0: raise ValueError(f"a duration must look like 2h40m, 90m or 45s (hours, minutes, seconds, more than zero), got {text!r}")
     return seconds
 
-# %% ../nbs/09b_campaign.ipynb #f4da9a9d
+# %% ../nbs/09b_campaign.ipynb #6601f038
 def _train_command(preset: str, budget: str, seed: int, device: str, threads: int, runs_dir: Path, results_dir: Path,
                    deadline: float | None) -> list[str]:
     "The `iaf-repro train` command line of one run, stopping at `deadline`."
@@ -55,7 +55,7 @@ def _outcome(returncode: int, stopping: bool) -> str:
     if returncode == TrainingInterrupted.exit_status or stopping: return "stopped"
     return f"failed (exit {returncode})"
 
-# %% ../nbs/09b_campaign.ipynb #55739c49
+# %% ../nbs/09b_campaign.ipynb #c0cb574a
 def campaign(presets: list[str], budget: str = "paper", parallel: int = 2, threads: int = 1, until: str | None = None,
              seed: int = 0, device: str = "cpu", runs_dir: Path | None = None, results_dir: Path = Path("figures/tables/runs"),
              nice: int = 5, poll: float = 1.0) -> pd.DataFrame:
@@ -68,20 +68,23 @@ def campaign(presets: list[str], budget: str = "paper", parallel: int = 2, threa
     runs_dir = resolve_runs_dir(runs_dir); runs_dir.mkdir(parents=True, exist_ok=True)
     logs = {p: runs_dir / f"{run_name(p, budget, seed)}.log" for p in names}
     outcomes = {p: "results exist" for p in names if result_path(results_dir, p, budget, seed).exists()}
-    queue, running = [p for p in names if p not in outcomes], {}
+    queue, running, passed_on = [p for p in names if p not in outcomes], {}, False
     with StopRequests() as stop:
-        while running or (queue and not stop.signal and (deadline is None or time.time() < deadline)):
-            while queue and len(running) < parallel and not stop.signal and (deadline is None or time.time() < deadline):
+        may_start = lambda: not stop.signal and (deadline is None or time.time() < deadline)
+        while running or (queue and may_start()):
+            while queue and len(running) < parallel and may_start():
                 p = queue.pop(0)
                 running[p] = _start(_train_command(p, budget, seed, device, threads, runs_dir, results_dir, deadline), logs[p], threads, nice)
             time.sleep(poll)
+            if stop.signal and not passed_on:                                  # once: each child stops before its next step
+                for child in running.values(): child.terminate()
+                passed_on = True
             for p, child in list(running.items()):
-                if stop.signal and child.poll() is None and not getattr(child, "told", False): child.terminate(); child.told = True
                 if child.poll() is not None: outcomes[p] = _outcome(running.pop(p).returncode, bool(stop.signal))
     return pd.DataFrame([dict(preset=p, run=run_name(p, budget, seed), outcome=outcomes.get(p, "not started"), log=str(logs[p]))
                          for p in names])
 
-# %% ../nbs/09b_campaign.ipynb #01462f06
+# %% ../nbs/09b_campaign.ipynb #34b01792
 STATUS_COLUMNS = ["run", "preset", "budget", "seed", "epoch", "best_epoch", "best_vlb", "lr", "seconds_per_epoch", "early_stopped",
                   "finished", "epochs_left_min", "epochs_left_max", "hours_left_min", "hours_left_max", "results", "problem"]
 
@@ -111,7 +114,7 @@ def status(runs_dir: Path | None = None, results_dir: Path = Path("figures/table
     folders = sorted(f for f in root.iterdir() if f.is_dir()) if root.is_dir() else []
     return pd.DataFrame([_status_row(f, Path(results_dir)) for f in folders], columns=STATUS_COLUMNS)
 
-# %% ../nbs/09b_campaign.ipynb #69475b37
+# %% ../nbs/09b_campaign.ipynb #345f36f7
 def _host_cpu() -> str:
     "The CPU's model name (from /proc/cpuinfo on Linux), else what `platform` knows."
     try: return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
@@ -130,7 +133,7 @@ def replication_vlb(preset: str) -> float:
     ref = published("table2" if p.row.endswith("-const") else "table1", p.mnist, p.row)
     return ref["published_vlb"] if ref["published_source"].startswith("replication") else math.nan
 
-# %% ../nbs/09b_campaign.ipynb #ab5b6e2e
+# %% ../nbs/09b_campaign.ipynb #eca71b02
 def plot_campaign_progress(curves: dict[str, pd.DataFrame], references: dict[str, float]):
     "Validation VLB against epoch, a line per run, each run's reference VLB (if any) dashed in its colour."
     fig, ax = plt.subplots(figsize=(9, 5), constrained_layout=True)
