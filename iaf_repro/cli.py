@@ -145,6 +145,24 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--budget", default="cpu")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default="auto")
+    tr.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    tr.add_argument("--until", default=None, help="a duration such as 2h40m: start no epoch that would end after it; "
+                    "the run then exits with status 3, unevaluated, and the same command resumes it")
+    cp = sub.add_parser("campaign", help="train presets at a budget, a few processes at a time, until a deadline; "
+                        "run it again to resume every run where it stopped")
+    cp.add_argument("presets", nargs="+", help="MNIST presets (table rows) to train, in this order")
+    cp.add_argument("--budget", default="paper", help="smoke | cpu | paper (default: paper)")
+    cp.add_argument("--parallel", type=int, default=2, help="runs trained at once, each in its own process (default: 2)")
+    cp.add_argument("--threads", type=int, default=1, help="torch and OpenMP threads of each run (default: 1)")
+    cp.add_argument("--until", default=None, help="how long to train, e.g. 2h40m or 90m (default: until every run is done)")
+    cp.add_argument("--seed", type=int, default=0)
+    cp.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: cpu)")
+    st = sub.add_parser("status", help="where every run in the runs folder stands: epoch, best VLB, pace, epochs and hours left")
+    st.add_argument("--write", action="store_true", help="also write <out>/tables/campaign.csv and <out>/campaign_progress.png")
+    st.add_argument("--out", type=Path, default=Path("figures"), help="output folder for --write (default: figures)")
+    for q in (tr, cp, st):
+        q.add_argument("--runs", type=Path, default=None, help="runs folder (default: $IAF_REPRO_RUNS, else ~/.cache/iaf_repro/runs)")
+        q.add_argument("--results", type=Path, default=Path("figures/tables/runs"), help="results files (default: figures/tables/runs)")
     tb = sub.add_parser("table", help="assemble table 1 or 2 from the results files")
     tb.add_argument("number", choices=["1", "2", "cifar"], help="1 or 2 (MNIST), or cifar (every CIFAR-10 table)")
     rd = sub.add_parser("readme", help="render README.md from nbs/index.ipynb")
@@ -171,6 +189,16 @@ def _reproduce_cifar(budget: str, device: str, out: Path) -> None:
     cifar.write_cifar_tables(runs, out / "tables")
     cifar.cifar_run_figures(budget, runs, out_dir=out)
 
+def _train(args) -> dict:
+    "The `train` command: one run, with its threads and deadline; its results."
+    experiments = importlib.import_module("iaf_repro.experiments")
+    deadline = time.time() + importlib.import_module("iaf_repro.campaign").parse_duration(args.until) if args.until else None
+    if args.threads: importlib.import_module("torch").set_num_threads(args.threads)
+    where = dict(device=args.device, runs_dir=experiments.resolve_runs_dir(args.runs), results_dir=args.results)
+    if not args.preset.startswith("cifar-"): return experiments.run(args.preset, args.budget, args.seed, deadline=deadline, **where)
+    if deadline: raise ValueError("--until is for MNIST presets: CIFAR-10 runs (chapter 24) take no deadline yet")
+    return importlib.import_module("iaf_repro.cifar_experiments").cifar_run(args.preset, args.budget, args.seed, **where)
+
 def main(argv: list[str] | None = None) -> int:
 
     "Run the `iaf-repro` command line; return the exit status."
@@ -187,11 +215,16 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "figures":
             render_figures(args.chapters, args.out, args.quick)
         elif args.command == "train":
-            if args.preset.startswith("cifar-"):
-                result = importlib.import_module("iaf_repro.cifar_experiments").cifar_run(args.preset, args.budget, args.seed, device=args.device)
-            else:
-                result = importlib.import_module("iaf_repro.experiments").run(args.preset, args.budget, args.seed, device=args.device)
-            print(json.dumps(result, indent=1))
+            print(json.dumps(_train(args), indent=1))
+        elif args.command == "campaign":
+            outcomes = importlib.import_module("iaf_repro.campaign").campaign(
+                args.presets, args.budget, args.parallel, args.threads, args.until, args.seed, args.device, args.runs, args.results)
+            print(outcomes.to_string(index=False))
+        elif args.command == "status":
+            campaign = importlib.import_module("iaf_repro.campaign")
+            table = (campaign.write_campaign_status(args.runs, args.results, args.out) if args.write
+                     else campaign.status(args.runs, args.results))
+            print(table.drop(columns=["preset", "budget", "seed"]).round(3).to_string(index=False) if len(table) else "no runs yet")
         elif args.command == "table":
             if args.number == "cifar":
                 cifar = importlib.import_module("iaf_repro.cifar_experiments")
@@ -211,4 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as e:   # incl. CheckpointError, NonFiniteLossError
         print(f"iaf-repro: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        stopped = importlib.import_module("iaf_repro.train").TrainingInterrupted     # loaded already by any command that trains
+        if not isinstance(e, stopped): raise
+        print(f"iaf-repro: {e}", file=sys.stderr)
+        return e.exit_status
     return 0
+
+if __name__ == "__main__" and "get_ipython" not in globals(): sys.exit(main())   # `python -m iaf_repro.cli`; not when a notebook runs this cell

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['PRESETS', 'TABLES', 'FIGURE_PRESETS', 'BUDGETS', 'TARGETS', 'TABLE_COLUMNS', 'TABLE_BUDGETS', 'DEFAULT_PRESETS',
-           'Preset', 'get_preset', 'Budget', 'get_budget', 'run_name', 'result_path', 'write_json',
+           'Preset', 'get_preset', 'Budget', 'get_budget', 'run_name', 'result_path', 'resolve_runs_dir', 'write_json',
            'training_provenance', 'run', 'published', 'read_result', 'build_table', 'table_markdown', 'write_table',
            'plot_prior_samples', 'table_figures', 'ensure_run', 'trained_model', 'reproduce']
 
@@ -23,7 +23,7 @@ import iaf_repro
 from .data import BinarizedMNIST, evenly_spaced, load_mnist
 from .density import provenance, save_figure
 from .evaluate import evaluate, plot_reconstructions, plot_training_curves
-from .train import TrainConfig, load_ema_model, resolve_device, train
+from .train import TrainConfig, load_ema_model, resolve_device, run_progress, train, training_finished
 from .vae import VAE, VAEConfig
 
 # %% ../nbs/09_experiments.ipynb #2528cd48
@@ -102,6 +102,10 @@ def result_path(results_dir: Path, preset: str, budget: str, seed: int, suffix: 
     "Where a run's results file (`.json`, `.metrics.csv`, `.per_image.csv.gz`) lives."
     return Path(results_dir) / f"{run_name(preset, budget, seed)}{suffix}"
 
+def resolve_runs_dir(runs_dir: Path | str | None = None) -> Path:
+    "The runs folder: `runs_dir` if given, else the `IAF_REPRO_RUNS` environment variable, else `~/.cache/iaf_repro/runs`."
+    return Path(runs_dir or os.environ.get("IAF_REPRO_RUNS") or Path.home() / ".cache" / "iaf_repro" / "runs").expanduser()
+
 def _subset(data: BinarizedMNIST, budget: Budget) -> BinarizedMNIST:
     "The data a budget trains and evaluates on: test images evenly spaced (static MNIST's test split is sorted by digit)."
     return replace(data, train=data.train[: budget.train_images], test=evenly_spaced(data.test, budget.eval_images))
@@ -112,20 +116,34 @@ def write_json(path: Path, obj: dict) -> None:
     tmp.write_text(json.dumps(obj, indent=1) + "\n")
     os.replace(tmp, path)
 
-def training_provenance(run_dir: Path, device: torch.device) -> dict:
-    "Provenance of the code that trains a run: written when it starts, kept on resume ({} for a run begun without one)."
-    path = run_dir / "provenance.json"
-    if not path.exists() and not (run_dir / "checkpoint.pt").exists():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(path, provenance(device))
-    return json.loads(path.read_text()) if path.exists() else {}
+# %% ../nbs/09_experiments.ipynb #71acf9a2
+def _session(p: dict, resumed_from_epoch: int) -> dict:
+    "One training session's entry in provenance.json."
+    return dict({k: p.get(k) for k in ("date", "commit", "dirty", "device", "threads")}, resumed_from_epoch=resumed_from_epoch)
 
-def run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto", runs_dir: Path = Path("runs"),
-        results_dir: Path = Path("figures/tables/runs"), progress: bool = True) -> dict:
-    "Train and evaluate one table row; write `<results_dir>/<run>.json` (and per-image values) with provenance; return the results."
+def training_provenance(run_dir: Path, device: torch.device) -> dict:
+    "Provenance of the code that trains a run: the first session's at the top (absent for a run begun without it), and every session that trained it in `sessions`."
+    path, progress = Path(run_dir) / "provenance.json", run_progress(run_dir)
+    if path.exists(): record = json.loads(path.read_text())
+    elif progress: record = {}                                     # begun before provenance was recorded
+    else: record = dict(provenance(device), sessions=[])
+    sessions = record.get("sessions", [_session(record, 0)] if record else [])   # a file from before sessions were kept
+    if not (progress and progress["finished"]):
+        sessions.append(_session(provenance(device), progress["epoch"] if progress else 0))
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    write_json(path, record := dict(record, sessions=sessions))
+    return record
+
+def _distinct(values) -> list:
+    return list(dict.fromkeys(values))
+
+# %% ../nbs/09_experiments.ipynb #69ea9969
+def run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto", runs_dir: Path | None = None,
+        results_dir: Path = Path("figures/tables/runs"), progress: bool = True, deadline: float | None = None) -> dict:
+    "Train and evaluate one table row; write `<results_dir>/<run>.json` (and per-image values) with provenance; return the results. Stopped by `deadline` or a signal, raises `TrainingInterrupted` and writes no results."
     p, b, dev = get_preset(preset), get_budget(budget), resolve_device(device)
     name = run_name(preset, budget, seed)
-    run_dir = Path(runs_dir) / name
+    run_dir = resolve_runs_dir(runs_dir) / name
     trained_by = training_provenance(run_dir, dev)
     data = _subset(load_mnist(p.mnist, device=dev), b)
     torch.manual_seed(seed)
@@ -133,7 +151,7 @@ def run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto",
     model.initialize(next(data.batches("train", b.batch_size, generator=torch.Generator(dev).manual_seed(seed))))
     config = TrainConfig(epochs=b.epochs, batch_size=b.batch_size, seed=seed, early_stop_patience=b.early_stop_patience,
                          valid_images=b.valid_images)
-    metrics = train(model, data, config, run_dir, device=dev, progress=progress)
+    metrics = train(model, data, config, run_dir, device=dev, progress=progress, deadline=deadline)
     averaged = load_ema_model(model, run_dir, "best")                   # the weight average of the best validation epoch
     start = time.perf_counter()
     evaluation = evaluate(averaged, data.test, k=b.is_samples, seed=seed, progress=progress)
@@ -143,7 +161,9 @@ def run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto",
                    train_images=len(data.train), eval_images=len(data.test), is_samples=b.is_samples, **summary,
                    train_seconds=round(float(metrics.seconds.sum()), 2), eval_seconds=round(time.perf_counter() - start, 2),
                    **provenance(dev), trained_commit=trained_by.get("commit", "not recorded"),
-                   trained_dirty=trained_by.get("dirty"))
+                   trained_dirty=trained_by.get("dirty"),
+                   trained_commits=_distinct(s["commit"] for s in trained_by["sessions"]),
+                   trained_devices=_distinct(s["device"] for s in trained_by["sessions"]))
     results_dir = Path(results_dir); results_dir.mkdir(parents=True, exist_ok=True)
     write_json(result_path(results_dir, preset, budget, seed), results)
     metrics.to_csv(result_path(results_dir, preset, budget, seed, ".metrics.csv"), index=False)
@@ -234,10 +254,11 @@ def plot_prior_samples(models: dict, n: int = 10, seed: int = 0, title: str = "S
     fig.suptitle(title, fontsize=11)
     return fig
 
-def table_figures(table: str, budget: str, results_dir: Path = Path("figures/tables/runs"), runs_dir: Path = Path("runs"),
+def table_figures(table: str, budget: str, results_dir: Path = Path("figures/tables/runs"), runs_dir: Path | None = None,
                   out_dir: Path = Path("figures"), seed: int = 0) -> list[Path]:
     "Training curves (and reconstructions and prior samples, if the checkpoints are in `runs_dir`) of a table's runs at `budget`."
     names = [n for n in TABLES[table] if result_path(results_dir, n, budget, seed, ".metrics.csv").exists()]
+    runs_dir = resolve_runs_dir(runs_dir)
     if not names: return []
     label = lambda n: f"{PRESETS[n].mnist}: {PRESETS[n].label}"
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
@@ -246,9 +267,9 @@ def table_figures(table: str, budget: str, results_dir: Path = Path("figures/tab
     fig = plot_training_curves(curves, title=f"{title} runs, `{budget}` budget: the two terms of the bound per epoch")
     paths = [out_dir / f"{table}_training_curves_{budget}.png"]
     save_figure(fig, paths[0])
-    have = [n for n in names if (Path(runs_dir) / run_name(n, budget, seed) / "best.pt").exists()]
+    have = [n for n in names if training_finished(runs_dir / run_name(n, budget, seed))]
     if have:
-        models = {PRESETS[n].row: load_ema_model(VAE(PRESETS[n].model), Path(runs_dir) / run_name(n, budget, seed)) for n in have}
+        models = {PRESETS[n].row: load_ema_model(VAE(PRESETS[n].model), runs_dir / run_name(n, budget, seed)) for n in have}
         test = load_mnist(PRESETS[have[0]].mnist).test
         fig = plot_reconstructions(models, test, n=10, title=f"{title} models ({PRESETS[have[0]].mnist} MNIST, `{budget}` budget): "
                                                               "test images, reconstructions (log-likelihood below), errors")
@@ -258,24 +279,25 @@ def table_figures(table: str, budget: str, results_dir: Path = Path("figures/tab
     return paths
 
 # %% ../nbs/09_experiments.ipynb #848c1791
-def ensure_run(preset: str, budget: str = "cpu", seed: int = 0, device: str = "auto", runs_dir: Path = Path("runs"),
+def ensure_run(preset: str, budget: str = "cpu", seed: int = 0, device: str = "auto", runs_dir: Path | None = None,
                results_dir: Path = Path("figures/tables/runs"), weights: bool = False, runner=None) -> dict:
-    "A run's results, training it first if its results file is missing (with `weights=True`: or its trained weights, which git does not keep). `runner`: the training function, `run` by default (chapter 24's `cifar_run` for CIFAR-10)."
+    "A run's results, training it first if its results file is missing (with `weights=True`: or its finished run, which git does not keep). `runner`: the training function, `run` by default (chapter 24's `cifar_run` for CIFAR-10)."
+    runs_dir = resolve_runs_dir(runs_dir)
     missing = not result_path(results_dir, preset, budget, seed).exists()
-    if weights: missing |= not (Path(runs_dir) / run_name(preset, budget, seed) / "best.pt").exists()
+    if weights: missing |= not training_finished(runs_dir / run_name(preset, budget, seed))
     if missing: return (runner or run)(preset, budget, seed, device=device, runs_dir=runs_dir, results_dir=results_dir)
     return read_result(result_path(results_dir, preset, budget, seed))
 
-def trained_model(preset: str, budget: str = "cpu", seed: int = 0, device: str = "auto", runs_dir: Path = Path("runs"),
+def trained_model(preset: str, budget: str = "cpu", seed: int = 0, device: str = "auto", runs_dir: Path | None = None,
                   results_dir: Path = Path("figures/tables/runs")) -> VAE:
     "The weight-averaged model of a preset's run (its best validation epoch), on the CPU, trained first where needed."
     ensure_run(preset, budget, seed, device, runs_dir, results_dir, weights=True)
-    return load_ema_model(VAE(get_preset(preset).model), Path(runs_dir) / run_name(preset, budget, seed))
+    return load_ema_model(VAE(get_preset(preset).model), resolve_runs_dir(runs_dir) / run_name(preset, budget, seed))
 
 DEFAULT_PRESETS = ("static-diag", "static-iaf-d2-w320", "static-iaf-d2-w320-const")   # the rows of the default `cpu` reproduction
 
 def reproduce(budget: str = "cpu", presets: list[str] | None = None, seed: int = 0, device: str = "auto",
-              runs_dir: Path = Path("runs"), results_dir: Path = Path("figures/tables/runs"),
+              runs_dir: Path | None = None, results_dir: Path = Path("figures/tables/runs"),
               out_dir: Path = Path("figures/tables")) -> dict[str, pd.DataFrame]:
     "Run `presets` at `budget` (skipping those with results already), then write Table 1 and Table 2."
     get_budget(budget)

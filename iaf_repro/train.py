@@ -5,16 +5,21 @@
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'METRIC_COLUMNS', 'MLPVAE', 'demo_data', 'bound_terms', 'free_bits_objective', 'ema_update',
            'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'TrainConfig', 'model_device', 'validate',
-           'NonFiniteLossError', 'resolve_device', 'train', 'load_ema_model', 'plot_ema_vs_raw', 'make_figures']
+           'NonFiniteLossError', 'resolve_device', 'TrainingInterrupted', 'StopRequests', 'train', 'load_ema_model',
+           'run_progress', 'training_finished', 'plot_ema_vs_raw', 'make_figures']
 
 # %% ../nbs/07_train.ipynb #3ee918a4
 import copy
+import fcntl
 import itertools
 import math
 import os
+import signal
+import statistics
 import tempfile
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -296,52 +301,107 @@ def _from_rank0(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized(): dist.broadcast(t, src=0)
     return t
 
+# %% ../nbs/07_train.ipynb #36de4969
+class TrainingInterrupted(Exception):
+    "Training stopped before it finished, at the deadline or on a signal; `run_dir` holds epoch `epoch`, and training again resumes it exactly."
+    exit_status = 3                                  # what `iaf-repro train` exits with when this stops it
+
+    def __init__(self, reason: str, run_dir: Path, epoch: int):
+        self.reason, self.run_dir, self.epoch = reason, Path(run_dir), epoch
+        super().__init__(f"training stopped ({reason}) with epoch {epoch} saved in {run_dir}; "
+                         "run the same training again to resume it exactly")
+
+class StopRequests:
+    "A context in which SIGTERM and SIGINT set `signal` (their name) instead of stopping the process; main thread only, previous handlers restored on exit."
+    def __init__(self): self.signal, self._previous = None, {}
+
+    def __enter__(self):
+        distributed = dist.is_available() and dist.is_initialized()
+        if threading.current_thread() is threading.main_thread() and not distributed:
+            self._previous = {s: signal.signal(s, self._request) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items(): signal.signal(s, handler)
+
+    def _request(self, signum, frame): self.signal = signal.Signals(signum).name
+
+# %% ../nbs/07_train.ipynb #9a53fe30
+def _stoppable(batches, stop: StopRequests, run_dir: Path, saved_epoch: int):
+    "The training batches, but a stop request ends the epoch before the next step (the partial epoch is dropped)."
+    for x in batches:
+        if stop.signal: raise TrainingInterrupted(stop.signal, run_dir, saved_epoch)
+        yield x
+
+def _past_deadline(rows: list[dict], deadline: float | None) -> str | None:
+    "Why the next epoch must not start (it would end after `deadline`, judged by the last five epochs), or None."
+    if deadline is None: return None
+    epoch_seconds = statistics.median([r["seconds"] for r in rows[-5:]]) if rows else 0.0
+    left = deadline - time.time()
+    if epoch_seconds < left: return None
+    return f"deadline: {max(left, 0) / 60:.1f} min left, an epoch takes about {epoch_seconds / 60:.1f} min"
+
+@contextmanager
+def _sole_trainer(run_dir: Path):
+    "Hold an exclusive lock on the folder `run_dir` while training; the system releases it when the process ends, however it ends."
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another process is training {run_dir}; wait for it to stop (or stop it) before training it here") from None
+        yield
+    finally:
+        os.close(fd)
+
 # %% ../nbs/07_train.ipynb #5f63567a
 def train(model: nn.Module, data: BinarizedMNIST, config: TrainConfig, run_dir: Path, device="cpu",
-          progress: bool = True, resume: bool = True, step_wrapper=None) -> pd.DataFrame:
-    "Train `model` in place on `data` (resuming `run_dir` if it holds a checkpoint); return the per-epoch metrics. `step_wrapper(model)` (e.g. DistributedDataParallel, chapter 25) runs the training forward pass."
+          progress: bool = True, resume: bool = True, step_wrapper=None, deadline: float | None = None) -> pd.DataFrame:
+    "Train `model` in place on `data` (resuming `run_dir` if it holds a checkpoint); return the per-epoch metrics. `step_wrapper(model)` (e.g. DistributedDataParallel, chapter 25) runs the training forward pass. Raises `TrainingInterrupted` at `deadline` (a `time.time()`) or on SIGTERM/SIGINT."
     device, run_dir = resolve_device(device), Path(run_dir)
     checkpoint = run_dir / "checkpoint.pt"
     if checkpoint.exists() and not resume:
         raise FileExistsError(f"{checkpoint} exists and resume=False; resume it, or choose a new run_dir")
     _check_free_bits_once(model, config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    data, model = data.to(device), model.to(device)
-    step_model = model if step_wrapper is None else step_wrapper(model)      # before the copy: DDP gives every rank rank 0's weights
-    ema = copy.deepcopy(model).requires_grad_(False).eval()
-    optimizer = torch.optim.Adamax(model.parameters(), lr=config.lr, betas=config.betas)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "max", factor=config.lr_factor, patience=config.lr_patience,
-                                                           threshold=0.0, threshold_mode="abs")   # improved = strictly higher VLB
-    generator = torch.Generator(device=device)
-    if checkpoint.exists():
-        run = _restore(checkpoint, model, ema, optimizer, scheduler, generator, config)
-    else:
-        torch.manual_seed(config.seed + _rank()); generator.manual_seed(config.seed)   # noise per rank, one shuffle for all
-        run = dict(epoch=0, steps=0, best_vlb=-math.inf, best_epoch=0, since_best=0, stopped=False, rows=[])
-    step_model = torch.compile(step_model, dynamic=False) if config.compile else step_model   # static shapes: randn(k, B, D) fails dynamic
-    valid = data.valid[: config.valid_images]
-    steps_per_epoch = min(len(data.train) // config.batch_size, config.max_steps_per_epoch or math.inf)
-    first = config.epochs + 1 if run["stopped"] else run["epoch"] + 1                # a run stopped early stays stopped
-    epochs = tqdm(range(first, config.epochs + 1), desc="epochs", disable=not progress)
-    for epoch in epochs:
-        start, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
-        batches = itertools.islice(data.batches("train", config.batch_size, shuffle=True, generator=generator), config.max_steps_per_epoch)
-        with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=not progress) as bar:
-            losses, sums, n = _sum_over_ranks(*_train_epoch(model, step_model, ema, batches, optimizer, config, bar))
-        host = torch.cat([sums / n, losses]).tolist()                                 # the epoch's one device-to-host sync
-        _check_finite(host[3:], epoch, checkpoint, run["epoch"])
-        valid_means = _from_rank0(validate(ema, valid, config.batch_size, config.seed)).tolist()
-        if not all(map(math.isfinite, valid_means)): raise NonFiniteLossError("validation bound", epoch, None, checkpoint, run["epoch"])
-        run["steps"] += len(losses)
-        row = _epoch_row(epoch, run, host[:3], valid_means, lr, time.perf_counter() - start)
-        if _end_epoch(run, row, config):
-            save_checkpoint({"format": CHECKPOINT_FORMAT, "epoch": epoch, "valid_vlb": row["valid_vlb"], "ema": ema.state_dict()}, run_dir / "best.pt")
-        scheduler.step(row["valid_vlb"])
-        save_checkpoint(_snapshot(model, ema, optimizer, scheduler, generator, config, run), checkpoint)
-        _write_metrics(run["rows"], run_dir)
-        epochs.set_postfix(valid_vlb=f"{row['valid_vlb']:.2f}", lr=f"{lr:.2g}")
-        if run["stopped"]: break
-    return _write_metrics(run["rows"], run_dir)
+    with _sole_trainer(run_dir), StopRequests() as stop:
+        data, model = data.to(device), model.to(device)
+        step_model = model if step_wrapper is None else step_wrapper(model)      # before the copy: DDP gives every rank rank 0's weights
+        ema = copy.deepcopy(model).requires_grad_(False).eval()
+        optimizer = torch.optim.Adamax(model.parameters(), lr=config.lr, betas=config.betas)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "max", factor=config.lr_factor, patience=config.lr_patience,
+                                                               threshold=0.0, threshold_mode="abs")   # improved = strictly higher VLB
+        generator = torch.Generator(device=device)
+        if checkpoint.exists():
+            run = _restore(checkpoint, model, ema, optimizer, scheduler, generator, config)
+        else:
+            torch.manual_seed(config.seed + _rank()); generator.manual_seed(config.seed)   # noise per rank, one shuffle for all
+            run = dict(epoch=0, steps=0, best_vlb=-math.inf, best_epoch=0, since_best=0, stopped=False, rows=[])
+        step_model = torch.compile(step_model, dynamic=False) if config.compile else step_model   # static shapes: randn(k, B, D) fails dynamic
+        valid = data.valid[: config.valid_images]
+        steps_per_epoch = min(len(data.train) // config.batch_size, config.max_steps_per_epoch or math.inf)
+        first = config.epochs + 1 if run["stopped"] else run["epoch"] + 1                # a run stopped early stays stopped
+        epochs = tqdm(range(first, config.epochs + 1), desc="epochs", disable=not progress)
+        for epoch in epochs:
+            if late := _past_deadline(run["rows"], deadline): raise TrainingInterrupted(late, run_dir, run["epoch"])
+            start, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
+            batches = itertools.islice(data.batches("train", config.batch_size, shuffle=True, generator=generator), config.max_steps_per_epoch)
+            with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=not progress) as bar:
+                batches = _stoppable(batches, stop, run_dir, run["epoch"])
+                losses, sums, n = _sum_over_ranks(*_train_epoch(model, step_model, ema, batches, optimizer, config, bar))
+            host = torch.cat([sums / n, losses]).tolist()                                 # the epoch's one device-to-host sync
+            _check_finite(host[3:], epoch, checkpoint, run["epoch"])
+            valid_means = _from_rank0(validate(ema, valid, config.batch_size, config.seed)).tolist()
+            if not all(map(math.isfinite, valid_means)): raise NonFiniteLossError("validation bound", epoch, None, checkpoint, run["epoch"])
+            run["steps"] += len(losses)
+            row = _epoch_row(epoch, run, host[:3], valid_means, lr, time.perf_counter() - start)
+            if _end_epoch(run, row, config):
+                save_checkpoint({"format": CHECKPOINT_FORMAT, "epoch": epoch, "valid_vlb": row["valid_vlb"], "ema": ema.state_dict()}, run_dir / "best.pt")
+            scheduler.step(row["valid_vlb"])
+            save_checkpoint(_snapshot(model, ema, optimizer, scheduler, generator, config, run), checkpoint)
+            _write_metrics(run["rows"], run_dir)
+            epochs.set_postfix(valid_vlb=f"{row['valid_vlb']:.2f}", lr=f"{lr:.2g}")
+            if run["stopped"]: break
+        return _write_metrics(run["rows"], run_dir)
 
 # %% ../nbs/07_train.ipynb #03d53c63
 def load_ema_model(model: nn.Module, run_dir: Path, which: str = "best") -> nn.Module:
@@ -353,6 +413,23 @@ def load_ema_model(model: nn.Module, run_dir: Path, which: str = "best") -> nn.M
     _check_same_shapes(state["ema"], ema.state_dict(), "averaged weights", path)
     ema.load_state_dict(state["ema"])
     return ema.eval().requires_grad_(False)
+
+# %% ../nbs/07_train.ipynb #db367652
+def run_progress(run_dir: Path) -> dict | None:
+    "Where the run in `run_dir` stands, from its checkpoint (None without one): epoch, best epoch and VLB, epochs since the best, current lr, limits, per-epoch seconds, and whether it `finished`."
+    path = Path(run_dir) / "checkpoint.pt"
+    if not path.exists(): return None
+    state = load_checkpoint(path)
+    run, config = state["run"], state["config"]
+    return dict(epoch=run["epoch"], best_epoch=run["best_epoch"], best_vlb=run["best_vlb"], since_best=run["since_best"],
+                stopped=run["stopped"], finished=run["stopped"] or run["epoch"] >= config["epochs"],
+                lr=state["optimizer"]["param_groups"][0]["lr"], epochs=config["epochs"],
+                early_stop_patience=config["early_stop_patience"], seconds=[r["seconds"] for r in run["rows"]])
+
+def training_finished(run_dir: Path) -> bool:
+    "Whether the run in `run_dir` has finished training: stopped early, or reached its epoch limit (False without a checkpoint)."
+    progress = run_progress(run_dir)
+    return progress is not None and progress["finished"]
 
 # %% ../nbs/07_train.ipynb #4675a596
 def plot_ema_vs_raw(epochs: list[int], raw: list[float], averaged: list[float], decay: float):

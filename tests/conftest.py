@@ -1,4 +1,4 @@
-"""Shared pytest settings: a modest hypothesis profile, and one torch thread for the whole suite."""
+"""Shared pytest settings: a modest hypothesis profile, a scratch runs folder, and one torch thread for the whole suite."""
 import os
 
 import pytest
@@ -10,6 +10,16 @@ from hypothesis import settings
 settings.register_profile("iaf_repro", max_examples=25, deadline=None)
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True, database=None)
 settings.load_profile("ci" if os.environ.get("CI") else "iaf_repro")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def runs_in_a_scratch_folder(tmp_path_factory):
+    "Runs a test trains without naming a runs folder land in a scratch one, never in the user's (~/.cache/iaf_repro/runs)."
+    before = os.environ.get("IAF_REPRO_RUNS")
+    os.environ["IAF_REPRO_RUNS"] = str(tmp_path_factory.mktemp("runs"))
+    yield
+    if before is None: del os.environ["IAF_REPRO_RUNS"]
+    else: os.environ["IAF_REPRO_RUNS"] = before
 
 
 @pytest.fixture(autouse=True, scope="session")
