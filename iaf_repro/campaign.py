@@ -86,7 +86,8 @@ def campaign(presets: list[str], budget: str = "paper", parallel: int = 2, threa
 
 # %% ../nbs/09b_campaign.ipynb #34b01792
 STATUS_COLUMNS = ["run", "preset", "budget", "seed", "epoch", "best_epoch", "best_vlb", "lr", "seconds_per_epoch", "early_stopped",
-                  "finished", "epochs_left_min", "epochs_left_max", "hours_left_min", "hours_left_max", "results", "problem"]
+                  "finished", "epochs_left_min", "epochs_left_max", "hours_left_min", "hours_left_max", "results", "problem",
+                  "flow_offdiag_ratio", "flow_jacobian_variation", "flow_gate_mean", "flow_gate_saturated"]   # last epoch's (chapter 07)
 
 def _parse_run_name(name: str) -> tuple:
     "(preset, budget, seed) from a run folder's name `<preset>__<budget>__s<seed>`; Nones for any other name."
@@ -106,7 +107,7 @@ def _status_row(folder: Path, results_dir: Path, recent: int = 10) -> dict:
     least = 0 if p["finished"] else min(p["early_stop_patience"] - p["since_best"], most)
     return dict(row, epoch=p["epoch"], best_epoch=p["best_epoch"], best_vlb=p["best_vlb"], lr=p["lr"], seconds_per_epoch=pace * 3600,
                 early_stopped=p["stopped"], finished=p["finished"], epochs_left_min=least, epochs_left_max=most,
-                hours_left_min=least * pace, hours_left_max=most * pace, problem="")
+                hours_left_min=least * pace, hours_left_max=most * pace, problem="", **p["flow"])
 
 def status(runs_dir: Path | None = None, results_dir: Path = Path("figures/tables/runs")) -> pd.DataFrame:
     "One row per run folder in `runs_dir`: progress, pace, whether it finished, epochs and hours left (a range), whether its results file exists."
