@@ -195,6 +195,8 @@ def conv_weight_layout(model: nn.Module, memory_format: torch.memory_format = to
 # %% ../nbs/90_accelerate.ipynb #9d152215
 def accelerate(model: nn.Module, onednn: bool = True, blocks: bool = True, channels_last: bool = True) -> nn.Module:
     "Put `FastMaskedLinear` in place of every `MaskedLinear` of `model` and store its convolution weights channels-last, in place; returns `model`, same parameters and state-dict keys."
+    for route, wanted in (("onednn", onednn), ("blocks", blocks)):
+        if wanted: fast_path_problem(route)                                        # probe now, not inside a first forward pass
     if type(model) is MaskedLinear: return FastMaskedLinear.from_plain(model, onednn, blocks)
     for parent in list(model.modules()):
         for name, child in parent.named_children():

@@ -13,6 +13,7 @@ from iaf_repro.accelerate import (FastMaskedLinear, _BlockedMaskedProduct, accel
 from iaf_repro.density import seeded
 from iaf_repro.made import MADE, MaskedLinear, autoregressive_violations, made_degrees, made_jacobians, made_masks
 from iaf_repro.vae import VAE, VAEConfig, WNConv2d, WNConvTranspose2d, toy_images
+from test_made import made_configs                       # the MADE shapes chapter 03's property tests draw
 
 X = toy_images(6, torch.Generator().manual_seed(0))
 
@@ -23,16 +24,6 @@ def fresh_warnings():
     acc._WARNED.clear()
     yield
     acc._WARNED.clear()
-
-
-@st.composite
-def made_configs(draw):
-    D = draw(st.integers(1, 7))
-    hidden = draw(st.lists(st.integers(1, 24), min_size=1, max_size=3))
-    context_dim = draw(st.integers(0, 3))
-    n_params = draw(st.integers(1, 3))
-    perm = draw(st.permutations(list(range(1, D + 1))))
-    return D, hidden, context_dim, n_params, torch.tensor(perm)
 
 
 def _plain_and_fast(made):
