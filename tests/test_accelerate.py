@@ -26,6 +26,12 @@ def fresh_warnings():
     acc._WARNED.clear()
 
 
+@pytest.fixture
+def routes_allowed(monkeypatch):
+    "For tests of what a route does: run them even where IAF_REPRO_PLAIN is set for the rest of the suite."
+    monkeypatch.delenv("IAF_REPRO_PLAIN", raising=False)
+
+
 def _plain_and_fast(made):
     return made, accelerate(copy.deepcopy(made))
 
@@ -135,7 +141,7 @@ def test_a_checkpoint_with_cyclic_masks_runs_the_plain_path_when_accelerated():
 
 # ---- channels-last convolution weights -----------------------------------------------------------------------------
 
-def test_conv_weights_are_channels_last_and_give_the_terms_of_the_nchw_layout():
+def test_conv_weights_are_channels_last_and_give_the_terms_of_the_nchw_layout(routes_allowed):
     torch.manual_seed(0)
     plain = VAE(VAEConfig()).double()
     plain.initialize(X.double())
@@ -219,9 +225,8 @@ def test_the_environment_variable_forces_the_plain_path(monkeypatch, value, forc
     assert (fast_path_problem("onednn") == "IAF_REPRO_PLAIN is set") is forced
 
 
-def test_a_missing_feature_falls_back_with_its_reason(monkeypatch, fresh_warnings):
+def test_a_missing_feature_falls_back_with_its_reason(monkeypatch, routes_allowed, fresh_warnings):
     """A route whose probe fails (here: as on a CPU without oneDNN's kernels) runs the plain path and says why, once."""
-    monkeypatch.delenv("IAF_REPRO_PLAIN", raising=False)
     monkeypatch.setitem(acc.FEATURES, "onednn", lambda: "no oneDNN here")
     acc._probe.cache_clear()
     try:
@@ -240,7 +245,7 @@ def test_a_missing_feature_falls_back_with_its_reason(monkeypatch, fresh_warning
         fast_path_problem("sse")
 
 
-def test_the_bf16_probe_answers_without_raising():
+def test_the_bf16_probe_answers_without_raising(routes_allowed):
     """On a CPU without AVX-512 (or AVX-NE-CONVERT) oneDNN's bf16 reorder raises; the probe turns that into a reason."""
     problem = fast_path_problem("onednn_bf16")
     assert problem is None or "bf16" in problem or "oneDNN" in problem
