@@ -7,8 +7,8 @@ __all__ = ['BENCH_ROWS', 'BENCH_PRESETS', 'DTYPES', 'QUICK', 'PROFILED', 'BENCH_
            'TARGETS', 'get_bench_preset', 'bench_device', 'cpu_model', 'bench_provenance', 'count_flops',
            'training_flops', 'is_flops', 'timed', 'gemm_backends', 'matmul_peak', 'PeakMemory', 'BenchConfig',
            'build_model', 'train_speed', 'is_speed', 'sample_speed', 'bench_preset', 'bench_images', 'save_table',
-           'profile_ops', 'profile_preset', 'nchw_conv_weights', 'training_variants', 'load_reference', 'bench_targets',
-           'plot_bench', 'run_bench', 'bench_name', 'precision_gap']
+           'profile_ops', 'profile_preset', 'training_variants', 'load_reference', 'bench_targets', 'plot_bench',
+           'run_bench', 'bench_name', 'precision_gap']
 
 # %% ../nbs/95_bench.ipynb #3f364402
 import copy
@@ -34,7 +34,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from .made import blocked_products
+from .accelerate import accelerate, fast_path_problem, onednn_linear, onednn_op, onednn_pack
 from .density import provenance, save_figure
 from .evaluate import evaluate
 from .experiments import BUDGETS, PRESETS
@@ -78,10 +78,10 @@ def bench_provenance(device: torch.device) -> dict:
 
 # %% ../nbs/95_bench.ipynb #1ef04bfa
 def _onednn_linear_flops(x_shape, *args, out_shape=None, **kwargs) -> int:
-    "FLOPs of oneDNN's linear, chapter 03's inference path for MADE: 2 · rows · n_in · n_out (Eq. 1)."
+    "FLOPs of oneDNN's linear, chapter 90's inference path for MADE: 2 · rows · n_in · n_out (Eq. 1)."
     return 2 * math.prod(x_shape) * out_shape[-1]
 
-_EXTRA_FLOPS = {torch.ops.mkldnn._linear_pointwise: _onednn_linear_flops} if torch.backends.mkldnn.is_available() else {}
+_EXTRA_FLOPS = {} if onednn_op("_linear_pointwise") is None else {onednn_op("_linear_pointwise"): _onednn_linear_flops}
 
 def count_flops(fn) -> int:
     "Floating-point operations `fn()` performs, counted by `FlopCounterMode` (matmuls, convolutions, oneDNN's linear; Eq. 1)."
@@ -118,18 +118,21 @@ def timed(fn, repeats: int, device: torch.device, warmup: int = 1) -> list[float
 
 def gemm_backends(device: torch.device, rows: tuple[int, ...] = (100, 1600, 2048), width: int = 1920, n: int = 2048,
                   dtypes: tuple[str, ...] = DTYPES, repeats: int = 5) -> pd.DataFrame:
-    "GFLOP/s of `x [rows, k] @ W [k, k]` (k = `width`, or `n` when rows = `n`) by `torch.matmul` and, on CPU, oneDNN's linear (Eq. 1)."
+    "GFLOP/s of `x [rows, k] @ W [k, k]` (k = `width`, or `n` when rows = `n`) by `torch.matmul` and, on CPU, oneDNN's linear where usable, else the reason in `skipped` (Eq. 1)."
     out = []
     for m, dtype in itertools.product(rows, dtypes):
         k, torch_dtype = (n if m == n else width), (torch.bfloat16 if dtype == "bf16" else torch.float32)
         x, w = (torch.randn(size, device=device, dtype=torch_dtype) for size in ((m, k), (k, k)))
-        backends = {"torch.matmul": lambda: x @ w.T}
-        if device.type == "cpu" and torch.backends.mkldnn.is_available():                 # chapter 03's inference path
-            packed = torch.ops.mkldnn._reorder_linear_weight(w, m)
-            backends["oneDNN linear"] = lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+        backends, row = {"torch.matmul": lambda: x @ w.T}, dict(rows=m, inner=k, cols=k, dtype=dtype)
+        if device.type == "cpu":                                                            # chapter 90's inference path
+            problem = fast_path_problem("onednn_bf16" if dtype == "bf16" else "onednn")
+            if problem is None:
+                packed = onednn_pack(w, m)
+                backends["oneDNN linear"] = lambda: onednn_linear(x, packed, None)
+            else: out.append(row | dict(backend="oneDNN linear", gflop_s=float("nan"), skipped=problem))
         for name, fn in backends.items():
             with torch.no_grad(): seconds = statistics.median(timed(fn, repeats, device))
-            out.append(dict(rows=m, inner=k, cols=k, dtype=dtype, backend=name, gflop_s=2 * m * k * k / seconds / 1e9))
+            out.append(row | dict(backend=name, gflop_s=2 * m * k * k / seconds / 1e9, skipped=""))
     return pd.DataFrame(out)
 
 def matmul_peak(device: torch.device, dtype: str = "fp32", n: int = 2048, repeats: int = 5) -> tuple[float, str]:
@@ -195,17 +198,17 @@ def _autocast(device: torch.device, dtype: str):
     if dtype not in DTYPES: raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     return torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
 
-def build_model(preset: str, x: torch.Tensor, device: torch.device, seed: int = 0) -> VAE:
-    "A bench preset's model on `device`, seeded, with the data-dependent init on `x` (ch. 06 Eq. 4)."
+def build_model(preset: str, x: torch.Tensor, device: torch.device, seed: int = 0, **routes) -> VAE:
+    "A bench preset's model on `device`, seeded, accelerated (ch. 90; `routes`: its arguments), with the data-dependent init on `x` (ch. 06 Eq. 4)."
     torch.manual_seed(seed)
-    model = VAE(get_bench_preset(preset)).to(device)
+    model = accelerate(VAE(get_bench_preset(preset)), **routes).to(device)
     model.initialize(x.to(device))
     return model
 
 # %% ../nbs/95_bench.ipynb #df999909
-def _training_steps(preset: str, x: torch.Tensor, device: torch.device, dtype: str, compile: bool):
-    "A fresh model and `steps(n)`, which runs n of chapter 07's training steps on the batch `x` (data on the device)."
-    model = build_model(preset, x, device)
+def _training_steps(preset: str, x: torch.Tensor, device: torch.device, dtype: str, compile: bool, **routes):
+    "A fresh model (`routes`: `accelerate`'s arguments) and `steps(n)`, which runs n of chapter 07's training steps on the batch `x` (data on the device)."
+    model = build_model(preset, x, device, **routes)
     config = TrainConfig(epochs=1, batch_size=len(x), amp=dtype == "bf16", compile=compile)
     optimizer = torch.optim.Adamax(model.parameters(), lr=config.lr, betas=config.betas)       # as `train` builds it
     ema = copy.deepcopy(model).requires_grad_(False).eval()
@@ -311,15 +314,11 @@ def profile_preset(preset: str, train_images: torch.Tensor, test_images: torch.T
     return {"train": profile_ops(lambda: steps(2), device), "is": profile_ops(run_is, device)}
 
 # %% ../nbs/95_bench.ipynb #ceb26ce7
-def nchw_conv_weights(model: torch.nn.Module) -> None:
-    "Store every 4-D parameter (the convolutions' v) NCHW, the layout before chapter 06 made them channels-last."
-    for p in model.parameters():
-        if p.ndim == 4: p.data = p.data.contiguous()
-
-TRAINING_VARIANTS = {   # name -> (change to the built model, context every timed chunk runs in)
-    "as built": (lambda model: None, lambda: blocked_products(True)),
-    "plain masked products": (lambda model: None, lambda: blocked_products(False)),
-    "NCHW convolution weights": (nchw_conv_weights, lambda: blocked_products(True)),
+TRAINING_VARIANTS = {   # name -> the arguments of chapter 90's `accelerate` the model is built with
+    "as built": {},
+    "plain masked products": dict(onednn=False, blocks=False),
+    "NCHW convolution weights": dict(channels_last=False),
+    "plain model": dict(onednn=False, blocks=False, channels_last=False),
 }
 
 def training_variants(preset: str, images: torch.Tensor, device: torch.device, batch_size: int = 100, rounds: int = 6,
@@ -327,17 +326,15 @@ def training_variants(preset: str, images: torch.Tensor, device: torch.device, b
     "Training images/s of `preset` in each of `TRAINING_VARIANTS`, timed in turns (one chunk of each per round) so a busy machine slows them alike."
     x = images[:batch_size].to(device)
     runs = {}
-    for name, (change, context) in TRAINING_VARIANTS.items():
-        model, steps = _training_steps(preset, x, device, "fp32", compile=False)
-        change(model)
-        with context(): steps(2)                                                     # warm-up
-        runs[name] = (steps, context, [])
+    for name, routes in TRAINING_VARIANTS.items():
+        _, steps = _training_steps(preset, x, device, "fp32", compile=False, **routes)
+        steps(2)                                                                     # warm-up
+        runs[name] = (steps, [])
     for _ in range(rounds):
-        for steps, context, seconds in runs.values():
-            with context(): seconds += timed(lambda: steps(steps_per_chunk), 1, device, warmup=0)
+        for steps, seconds in runs.values(): seconds += timed(lambda: steps(steps_per_chunk), 1, device, warmup=0)
     rate = lambda s: len(x) * steps_per_chunk / s
     return [dict(preset=preset, variant=name, batch_size=len(x), rounds=rounds, images_per_s=rate(statistics.median(s)),
-                 best_images_per_s=rate(min(s))) for name, (_, _, s) in runs.items()]
+                 best_images_per_s=rate(min(s))) for name, (_, s) in runs.items()]
 
 # %% ../nbs/95_bench.ipynb #aec3615d
 REFERENCE = Path(iaf_repro.__file__).resolve().parents[1] / "reference" / "bench_reference.csv"

@@ -41,7 +41,7 @@ class WeightNormLayer(nn.Module):
     def __init__(self, v_shape: tuple[int, ...], init_scale: float = 1.0):
         super().__init__()
         v = 0.05 * torch.randn(v_shape)                                 # S&K: v ~ N(0, 0.05^2)
-        self.v = nn.Parameter(v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v)   # NHWC: see the text
+        self.v = nn.Parameter(v)
         n_out = v_shape[self.out_axis]
         self.g, self.b = nn.Parameter(torch.ones(n_out)), nn.Parameter(torch.zeros(n_out))
         self.init_scale, self.pending_init = init_scale, False

@@ -1,5 +1,4 @@
 "Tests for iaf_repro.vae: Terms shapes per posterior, the Bernoulli likelihood, weight norm and its data-dependent init, errors, extremes."
-import copy
 import math
 from pathlib import Path
 
@@ -7,7 +6,6 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from iaf_repro.density import seeded
 from iaf_repro.elbo import elbo, iwae_bound, log_importance_weights
 from iaf_repro.vae import (VAE, Decoder, Encoder, Posterior, ResBlock, Terms, VAEConfig, WNConv2d, WNConvTranspose2d,
                            WNLinear, bernoulli_log_likelihood, make_figures, make_posterior, parameter_counts,
@@ -116,21 +114,6 @@ def test_model_runs_in_float64():
     terms = model(X.double(), 2)
     assert all(t.dtype == F64 and torch.isfinite(t).all() for t in terms)
 
-
-def test_conv_weights_are_channels_last_and_give_the_terms_of_the_nchw_layout():
-    torch.manual_seed(0)
-    model = VAE(VAEConfig()).double()
-    model.initialize(X.double())
-    convs = [m for m in model.modules() if isinstance(m, (WNConv2d, WNConvTranspose2d))]
-    assert convs and all(m.v.is_contiguous(memory_format=torch.channels_last) for m in convs)
-    assert not any(m.v.is_contiguous() for m in convs if m.v.shape[1] > 1)           # one input channel: both layouts agree
-    assert model.encoder.blocks(X.double()).is_contiguous(memory_format=torch.channels_last)   # activations follow
-    nchw = copy.deepcopy(model)
-    for m in nchw.modules():
-        if isinstance(m, (WNConv2d, WNConvTranspose2d)): m.v.data = m.v.data.contiguous()
-    with seeded(1): ours = model(X.double(), 2)
-    with seeded(1): plain = nchw(X.double(), 2)
-    for a, b in zip(ours, plain): torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-9)
 
 # ---- the Bernoulli likelihood ----------------------------------------------------------------------------------
 
