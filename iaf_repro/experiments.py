@@ -24,6 +24,7 @@ from .data import BinarizedMNIST, evenly_spaced, load_mnist
 from .density import provenance, save_figure
 from .evaluate import evaluate, plot_reconstructions, plot_training_curves
 from .train import TrainConfig, load_ema_model, resolve_device, run_progress, train, training_finished
+from .accelerate import accelerate
 from .vae import VAE, VAEConfig
 
 # %% ../nbs/09_experiments.ipynb #2528cd48
@@ -147,7 +148,7 @@ def run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto",
     trained_by = training_provenance(run_dir, dev)
     data = _subset(load_mnist(p.mnist, device=dev), b)
     torch.manual_seed(seed)
-    model = VAE(p.model).to(dev)
+    model = accelerate(VAE(p.model)).to(dev)                             # chapter 90's fast layers, same math and weights
     model.initialize(next(data.batches("train", b.batch_size, generator=torch.Generator(dev).manual_seed(seed))))
     config = TrainConfig(epochs=b.epochs, batch_size=b.batch_size, seed=seed, early_stop_patience=b.early_stop_patience,
                          valid_images=b.valid_images)
@@ -269,7 +270,7 @@ def table_figures(table: str, budget: str, results_dir: Path = Path("figures/tab
     save_figure(fig, paths[0])
     have = [n for n in names if training_finished(runs_dir / run_name(n, budget, seed))]
     if have:
-        models = {PRESETS[n].row: load_ema_model(VAE(PRESETS[n].model), runs_dir / run_name(n, budget, seed)) for n in have}
+        models = {PRESETS[n].row: load_ema_model(accelerate(VAE(PRESETS[n].model)), runs_dir / run_name(n, budget, seed)) for n in have}
         test = load_mnist(PRESETS[have[0]].mnist).test
         fig = plot_reconstructions(models, test, n=10, title=f"{title} models ({PRESETS[have[0]].mnist} MNIST, `{budget}` budget): "
                                                               "test images, reconstructions (log-likelihood below), errors")
@@ -292,7 +293,7 @@ def trained_model(preset: str, budget: str = "cpu", seed: int = 0, device: str =
                   results_dir: Path = Path("figures/tables/runs")) -> VAE:
     "The weight-averaged model of a preset's run (its best validation epoch), on the CPU, trained first where needed."
     ensure_run(preset, budget, seed, device, runs_dir, results_dir, weights=True)
-    return load_ema_model(VAE(get_preset(preset).model), resolve_runs_dir(runs_dir) / run_name(preset, budget, seed))
+    return load_ema_model(accelerate(VAE(get_preset(preset).model)), resolve_runs_dir(runs_dir) / run_name(preset, budget, seed))
 
 DEFAULT_PRESETS = ("static-diag", "static-iaf-d2-w320", "static-iaf-d2-w320-const")   # the rows of the default `cpu` reproduction
 
