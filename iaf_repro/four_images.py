@@ -30,7 +30,8 @@ def four_test_images(n: int = 4, root: Path | None = None) -> tuple[torch.Tensor
     "`n` static-MNIST test images evenly spaced through the digit-sorted split, and their labels: `-> ([n, 1, 28, 28], [n])`."
     return evenly_spaced(load_mnist("static", root).test, n), evenly_spaced(static_test_labels(root), n)
 
-TOY_MODELS = {"diagonal": VAEConfig(latent_dim=2), "IAF": VAEConfig(latent_dim=2, posterior="iaf", iaf_depth=2, iaf_width=320)}
+TOY_MODELS = {"diagonal": VAEConfig(latent_dim=2), "IAF": VAEConfig(latent_dim=2, posterior="iaf", iaf_depth=2, iaf_width=320,
+                                                                   iaf_step="gated")}   # IAF Alg. 1 (see the end of the chapter)
 
 # %% ../nbs/12_four_image_posteriors.ipynb #6d00b816
 def fit_to_images(model: VAE, images: torch.Tensor, steps: int = 4000, k: int = 16, lr: float = 3e-3, seed: int = 0,

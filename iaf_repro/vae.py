@@ -22,7 +22,7 @@ from torch import nn
 
 from .density import check_batch, flow_log_prob, log_standard_normal, save_figure, seeded
 from .elbo import _positive_int, reparameterize
-from .iaf import IAF
+from .iaf import IAF, IAF_STEPS
 from .nf import make_flow
 
 # %% ../nbs/06_vae.ipynb #59578ac2
@@ -131,6 +131,7 @@ class VAEConfig:
     iaf_depth: int = 2                         # Table 1: 2, 4 or 8 IAF steps, order reversed between steps (App. B)
     iaf_width: int = 320                       # Table 1: MADE hidden width 320 or 1920, two hidden layers (App. B)
     learned_sigma: bool = True                 # False: constant σ, location-only IAF (Table 3 ablation; replication's Table 2)
+    iaf_step: str = "affine"                   # openai/iaf's form at unit gain, started at the identity (ch. 04 Eq. 20); "gated": IAF Alg. 1
     planar_length: int = 10                    # R&M's MNIST comparison: K = 10 or 80 planar layers
     channels: tuple[int, int, int] = (16, 32, 32)   # App. B: feature maps of the three stride-2 ResNet blocks
     hidden_dim: int = 450                      # App. B: the fully connected layer between convolutions and latents
@@ -139,6 +140,7 @@ class VAEConfig:
     def __post_init__(self):
         if self.posterior not in POSTERIORS:
             raise ValueError(f"unknown posterior {self.posterior!r}; valid names: {', '.join(POSTERIORS)}")
+        if self.iaf_step not in IAF_STEPS: raise ValueError(f"unknown iaf_step {self.iaf_step!r}; valid names: {', '.join(IAF_STEPS)}")
         for name in ("latent_dim", "iaf_depth", "iaf_width", "planar_length", "hidden_dim"): _positive_int(getattr(self, name), name)
         if len(self.channels) != 3: raise ValueError(f"channels must name 3 feature-map counts, got {self.channels}")
         for c in self.channels: _positive_int(c, "channels")
@@ -201,7 +203,7 @@ def make_posterior(config: VAEConfig) -> Posterior:
     D = config.latent_dim
     if config.posterior == "planar": return Posterior(make_flow("planar", config.planar_length, D))
     if config.posterior == "iaf":
-        flow = IAF(D, config.context_dim, config.iaf_depth, (config.iaf_width,) * 2, config.learned_sigma)
+        flow = IAF(D, config.context_dim, config.iaf_depth, (config.iaf_width,) * 2, config.learned_sigma, IAF_STEPS[config.iaf_step])
         return Posterior(flow, config.context_dim)
     return Posterior()
 

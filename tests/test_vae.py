@@ -1,4 +1,5 @@
 "Tests for iaf_repro.vae: Terms shapes per posterior, the Bernoulli likelihood, weight norm and its data-dependent init, errors, extremes."
+import copy
 import math
 from pathlib import Path
 
@@ -51,9 +52,11 @@ def test_extreme_images_give_finite_gradients(models, name):
 
 
 def test_every_parameter_gets_a_gradient(models):
-    model = models["iaf learned σ"]
-    model.zero_grad()
-    (-elbo(log_importance_weights(*model(X, 2))).mean()).backward()
+    model = copy.deepcopy(models["iaf learned σ"])
+    for first in (True, False):          # the IAF step starts with a zero output layer (ch. 04 Eq. 20): check after one step
+        model.zero_grad()
+        (-elbo(log_importance_weights(*model(X, 2))).mean()).backward()
+        if first: torch.optim.Adamax(model.parameters(), lr=2e-3).step()
     assert [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0] == []
 
 
@@ -85,8 +88,8 @@ def test_constant_sigma_iaf_log_q_equals_the_diagonal_log_q():
     torch.manual_seed(0)
     mu, log_sigma, h = 0.5 * torch.randn(4, 32), 0.2 * torch.randn(4, 32), torch.randn(4, 450)
     z_d, log_q_d = make_posterior(VAEConfig())(mu, log_sigma, None, 3, torch.Generator().manual_seed(1))
-    z_c, log_q_c = make_posterior(VAEConfig(posterior="iaf", learned_sigma=False))(mu, log_sigma, h, 3,
-                                                                                    torch.Generator().manual_seed(1))
+    z_c, log_q_c = make_posterior(VAEConfig(posterior="iaf", learned_sigma=False, iaf_step="gated"))(
+        mu, log_sigma, h, 3, torch.Generator().manual_seed(1))
     assert torch.equal(log_q_c, log_q_d)
     assert not torch.allclose(z_c, z_d)
 

@@ -1,0 +1,58 @@
+import sys, time, json, math, torch
+sys.path.insert(0, "/work/scratch")
+torch.set_num_threads(1)
+from variants import VariantIAF, z_dependence
+import iaf_repro.four_images as FI
+_lg = FI.latent_grid
+def _lg64(*a, **k):
+    z, axis, area = _lg(*a, **k)
+    return z.double(), axis.double(), area
+FI.latent_grid = _lg64
+_lq = FI.log_q_on_grid
+def _lq_safe(model, images, z):
+    try: return _lq(model, images, z)
+    except RuntimeError: return torch.full((len(images), len(z)), float('nan'), dtype=z.dtype)
+FI.log_q_on_grid = _lq_safe
+from iaf_repro.four_images import four_test_images, fit_to_images, posterior_report, TOY_MODELS
+from iaf_repro.train import MLPVAE
+from iaf_repro.density import seeded
+from iaf_repro.iaf import IAF
+
+VARIANTS = {
+  "diag": None,
+  "baseline": dict(),
+  "sgate0.1": dict(s_scale=0.1),
+  "add": dict(context="add"),
+  "add+unit": dict(context="add", init="unit"),
+  "concat+unit": dict(init="unit"),
+  "add+unit+sgate0.1": dict(context="add", init="unit", s_scale=0.1),
+  "add+unit+m0.1s0.1": dict(context="add", init="unit", s_scale=0.1, m_scale=0.1),
+  "exp": dict(form="exp", s_scale=0.1, m_scale=0.1, s_bias=0.0),
+  "add+unit+exp": dict(context="add", init="unit", form="exp", s_scale=0.1, m_scale=0.1, s_bias=0.0),
+  "add+unit+exp+zero": dict(context="add", init="unit", form="exp", s_scale=0.1, m_scale=0.1, s_bias=0.0, zero_out=True),
+  "add+exp": dict(context="add", form="exp", s_scale=0.1, m_scale=0.1, s_bias=0.0),
+}
+names = sys.argv[1].split(",")
+steps = int(sys.argv[2]) if len(sys.argv) > 2 else 4000
+SEED = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+images, labels = four_test_images()
+for name in names:
+    t0 = time.time()
+    cfg = TOY_MODELS["diagonal" if name == "diag" else "IAF"]
+    with seeded(SEED):
+        model = MLPVAE(cfg, hidden=256)
+        if VARIANTS[name] is not None:
+            model.posterior.flow = VariantIAF(2, cfg.context_dim, 2, 320, **VARIANTS[name])
+    hist = fit_to_images(model, images, steps, seed=SEED, progress=False)
+    model.eval().double(); images = images.double()
+    report, log_q, log_post = posterior_report(model, images, labels, 4.0, 200, 4096, 0)
+    model.float(); images = images.float()
+    row = dict(variant=name, steps=steps, kl=report.kl_to_posterior.mean(), kl_grid=report.kl_to_posterior_grid.mean(),
+               vlb=report.vlb.mean(), rate=report.rate.mean(), train_vlb=hist[-100:].mean().item(), seconds=round(time.time() - t0))
+    if model.posterior.flow is not None:
+        mu, ls, h = model.encoder(images)
+        row.update(z_dependence(model.posterior.flow, mu.detach(), ls.detach(), h.detach()))
+        row["s_max"] = max(step.m_and_s(mu.detach(), h.detach())[1].abs().max().item() for step in model.posterior.flow.layers)
+        row["seed"] = SEED
+    print(json.dumps(row), flush=True)
+    with open("/work/scratch/four_results.jsonl", "a") as f: f.write(json.dumps(row) + "\n")

@@ -1,0 +1,53 @@
+import sys, time, json, math, tempfile, torch
+from pathlib import Path
+sys.path.insert(0, "/work/scratch")
+torch.set_num_threads(1)
+from variants import VariantIAF, z_dependence
+from iaf_repro.data import load_mnist, evenly_spaced
+from iaf_repro.vae import VAE, VAEConfig
+from iaf_repro.train import TrainConfig, train, load_ema_model
+from iaf_repro.evaluate import evaluate
+from dataclasses import replace
+VARIANTS = {
+  "diag": None,
+  "baseline": dict(),
+  "sgate0.1": dict(s_scale=0.1),
+  "add": dict(context="add"),
+  "add+unit": dict(context="add", init="unit"),
+  "concat+unit": dict(init="unit"),
+  "add+unit+sgate0.1": dict(context="add", init="unit", s_scale=0.1),
+  "add+unit+m0.1s0.1": dict(context="add", init="unit", s_scale=0.1, m_scale=0.1),
+  "exp": dict(form="exp", s_scale=0.1, m_scale=0.1, s_bias=0.0),
+  "add+unit+exp": dict(context="add", init="unit", form="exp", s_scale=0.1, m_scale=0.1, s_bias=0.0),
+  "add+unit+exp+zero": dict(context="add", init="unit", form="exp", s_scale=0.1, m_scale=0.1, s_bias=0.0, zero_out=True),
+  "add+unit+exp1+zero": dict(context="add", init="unit", form="exp", s_scale=1.0, m_scale=1.0, s_bias=0.0, zero_out=True),
+  "add+exp": dict(context="add", form="exp", s_scale=0.1, m_scale=0.1, s_bias=0.0),
+}
+
+names = sys.argv[1].split(","); epochs = int(sys.argv[2]); n_train = int(sys.argv[3])
+data = load_mnist("static")
+data = replace(data, train=data.train[:n_train], test=evenly_spaced(data.test, 1000))
+probe = data.test[:: 125][:8]
+for name in names:
+    t0 = time.time()
+    cfg = VAEConfig() if name == "diag" else VAEConfig(posterior="iaf", iaf_depth=2, iaf_width=320)
+    torch.manual_seed(0)
+    model = VAE(cfg)
+    if VARIANTS[name] is not None: model.posterior.flow = VariantIAF(32, cfg.context_dim, 2, 320, **VARIANTS[name])
+    model.initialize(next(data.batches("train", 100, generator=torch.Generator().manual_seed(0))))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for e in range(1, epochs + 1):
+            metrics = train(model, data, TrainConfig(epochs=e, valid_images=1000), Path(tmp), progress=False)
+            row = dict(variant=name, epoch=e, valid_vlb=metrics.valid_vlb.iloc[-1], valid_kl=metrics.valid_kl.iloc[-1])
+            if model.posterior.flow is not None:
+                mu, ls, h = model.eval().encoder(probe)
+                row.update(z_dependence(model.posterior.flow, mu.detach(), ls.detach(), h.detach(), samples=16))
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    ev = evaluate(model, data.test, k=16, progress=False)   # raw weights: the average lags a short run
+    ev.per_image.to_csv(f"/work/scratch/mnist_{name}_{epochs}e.csv", index=False)
+    res = dict(variant=name, epochs=epochs, n_train=n_train, test_vlb=ev.summary["vlb"], test_log_px16=ev.summary["log_px"],
+               seconds=round(time.time() - t0), **{k: v for k, v in rows[-1].items() if k not in ("variant", "epoch")})
+    print(json.dumps(res), flush=True)
+    with open("/work/scratch/mnist_results.jsonl", "a") as f: f.write(json.dumps(res) + "\n")

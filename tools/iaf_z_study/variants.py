@@ -1,0 +1,94 @@
+"Scratch: IAF step variants for issue 16 (z-dependence). Not committed."
+import math, torch, torch.nn.functional as F
+from torch import nn
+from iaf_repro.made import MADE, MaskedLinear, made_degrees, made_masks
+from iaf_repro.density import FlowChain, check_batch
+
+class VariantStep(nn.Module):
+    def __init__(self, D, C, W=320, reverse=False, context="concat", s_scale=1.0, s_bias=1.5, m_scale=1.0, init="default", form="sigmoid", zero_out=False):
+        super().__init__()
+        self.D, self.context_dim, self.learned_sigma, self.mode = D, C, True, context
+        self.s_scale, self.s_bias, self.m_scale, self.form = s_scale, s_bias, m_scale, form
+        order = torch.arange(D, 0, -1) if reverse else torch.arange(1, D + 1)
+        degrees = made_degrees(D, [W, W], order, has_context=C > 0)
+        masks = made_masks(degrees, 2, C if context == "concat" else 0)
+        self.layers = nn.ModuleList(MaskedLinear(m) for m in masks)
+        self.register_buffer("order", order)
+        self.ctx = nn.Linear(C, W) if (C and context == "add") else None
+        if init == "unit":
+            with torch.no_grad():
+                for l in self.layers:
+                    fan = l.mask.sum(1).clamp(min=1)
+                    l.weight.normal_().mul_(fan.rsqrt()[:, None]); l.bias.zero_()
+                if self.ctx is not None: self.ctx.weight.normal_().mul_(C ** -0.5); self.ctx.bias.zero_()
+        if zero_out:
+            with torch.no_grad(): self.layers[-1].weight.zero_(); self.layers[-1].bias.zero_()
+
+    def m_and_s(self, z, h=None):
+        B = z.shape[0]
+        x = z if (h is None or self.mode == "add") else torch.cat([z, h], 1)
+        a = self.layers[0](x)
+        if self.ctx is not None: a = a + self.ctx(h)
+        a = F.elu(a)
+        for l in self.layers[1:-1]: a = F.elu(l(a))
+        out = self.layers[-1](a).view(B, 2, self.D)
+        return self.m_scale * out[:, 0], self.s_scale * out[:, 1] + self.s_bias
+
+    def log_scale_and_shift(self, z, h=None):
+        m, s = self.m_and_s(z, h)
+        if self.form == "exp":                       # openai/iaf: z_new = (z - mu) / exp(logsd), mu, logsd = m, s
+            return -s, -m * torch.exp(-s)
+        return F.logsigmoid(s), (1 - torch.sigmoid(s)) * m
+
+    def forward(self, z, h=None):
+        log_scale, shift = self.log_scale_and_shift(z, h)
+        return torch.exp(log_scale) * z + shift, log_scale.sum(-1)
+
+    def inverse(self, z_new, h=None):
+        z = torch.zeros_like(z_new)
+        for i in torch.argsort(self.order).tolist():
+            ls, sh = self.log_scale_and_shift(z, h)
+            z_i = (z_new[:, i] - sh[:, i]) * torch.exp(-ls[:, i])
+            z = torch.cat([z[:, :i], z_i[:, None], z[:, i + 1:]], 1)
+        return z
+
+class VariantIAF(FlowChain):
+    def __init__(self, D, C, depth=2, W=320, **kw):
+        super().__init__(*[VariantStep(D, C, W, reverse=t % 2 == 1, **kw) for t in range(depth)])
+        self.D, self.context_dim = D, C
+    def inverse(self, z, h=None):
+        for step in reversed(self.layers): z = step.inverse(z, h)
+        return z
+
+@torch.no_grad()
+def z_dependence(flow, mu, log_sigma, h=None, samples=32, seed=0):
+    "Per-image averages of: off-diagonal/diagonal Jacobian norm ratio, Jacobian variation over samples, per-step shift spread / z spread, log-sigma spread, gate mean, saturated fraction."
+    import copy
+    f64 = copy.deepcopy(flow).double().eval()
+    g = torch.Generator().manual_seed(seed)
+    B, D = mu.shape
+    out = dict(offdiag=[], variation=[], shift_ratio=[], logsig_spread=[], gate=[], saturated=[])
+    for b in range(B):
+        eps = torch.randn(samples, D, generator=g, dtype=torch.float64)
+        z0 = mu[b].double() + log_sigma[b].double().exp() * eps
+        hb = None if h is None else h[b].double().expand(samples, -1)
+        def f(z, hh): return f64(z[None], None if hh is None else hh[None])[0][0]
+        with torch.enable_grad():
+            J = torch.func.vmap(torch.func.jacrev(f), in_dims=(0, 0 if hb is not None else None))(z0, hb)  # [S, D, D]
+        diag = torch.diagonal(J, dim1=1, dim2=2)
+        off = J - torch.diag_embed(diag)
+        out["offdiag"].append((off.flatten(1).norm(dim=1) / diag.norm(dim=1)).mean().item())
+        Jm = J.mean(0)
+        out["variation"].append(((J - Jm).flatten(1).norm(dim=1).mean() / Jm.norm()).item())
+        z = z0
+        sr, ls, gt, sat = [], [], [], []
+        for step in f64.layers:
+            log_scale, shift = step.log_scale_and_shift(z, hb)
+            sigma = torch.exp(log_scale)
+            sr.append((shift.std(0) / z.std(0).clamp(min=1e-12)).mean().item())
+            ls.append(log_scale.std(0).mean().item())
+            gt.append(sigma.mean().item()); sat.append((sigma.float() == 1.0).float().mean().item())
+            z, _ = step(z, hb)
+        out["shift_ratio"].append(sum(sr) / len(sr)); out["logsig_spread"].append(sum(ls) / len(ls))
+        out["gate"].append(sum(gt) / len(gt)); out["saturated"].append(sum(sat) / len(sat))
+    return {k: sum(v) / len(v) for k, v in out.items()}
