@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['IAF_STEPS', 'IAFStep', 'flow_jacobian', 'IAF', 'iaf_log_q', 'LinearIAFStep', 'linear_iaf_covariance', 'gaussian_kl',
            'diagonal_kl_floor', 'fit_linear_iaf', 'funnel_log_prob', 'location_only_kl_floor', 'fit_funnel',
-           'plot_funnel_fits', 'z_dependence', 'AffineIAFStep', 'plot_iaf_jacobians', 'plot_linear_iaf', 'make_figures']
+           'plot_funnel_fits', 'z_dependence', 'AffineIAFStep', 'plot_z_study', 'plot_iaf_jacobians', 'plot_linear_iaf',
+           'make_figures']
 
 # %% ../nbs/04_iaf.ipynb #8d3b7194
 import copy
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from matplotlib.colors import LogNorm
@@ -301,6 +303,26 @@ class AffineIAFStep(IAFStep):
 
 IAF_STEPS = {"gated": IAFStep, "affine": AffineIAFStep}   # VAEConfig.iaf_step -> the step class
 
+# %% ../nbs/04_iaf.ipynb #b5e96858
+def plot_z_study(study: pd.DataFrame):
+    "Per IAF variant of the study table (index: variant): its z-dependence (Eq. 17, log scale) and its test VLB and gap minus the diagonal model's (±1 s.e.)."
+    rows = study.drop(index="diag", errors="ignore")
+    y = np.arange(len(rows))
+    fig, (ax_z, ax_d) = plt.subplots(1, 2, figsize=(13, 0.55 * len(rows) + 1.8), sharey=True, constrained_layout=True)
+    for offset, column, label in [(-0.2, "offdiag", "off-diagonal ratio $r_{off}$"), (0.2, "variation", "Jacobian variation $v$")]:
+        ax_z.barh(y + offset, rows[column], height=0.4, label=label)
+    ax_z.set(xscale="log", xlabel="Eq. 17, end of training (0 = flow ignores z)", title="How much the flow depends on z")
+    ax_z.set_yticks(y, [f"{v}\n{f}" for v, f in zip(rows.index, rows.step_form)], fontsize=8)
+    ax_z.legend(fontsize=8, frameon=False)
+    for offset, column, label in [(-0.2, "d_vlb", "test VLB"), (0.2, "d_gap", "IS gap log p(x) - VLB")]:
+        ax_d.barh(y + offset, rows[column], xerr=rows[f"{column}_se"], height=0.4, label=label, capsize=2)
+    ax_d.axvline(0, color="k", lw=0.8)
+    ax_d.set(xlabel="this posterior minus the diagonal one, same test images (nats)", title="Bound and gap against the diagonal posterior")
+    ax_d.legend(fontsize=8, frameon=False)
+    ax_z.invert_yaxis()
+    fig.suptitle("IAF step variants in the MNIST VAE, 500 training steps, one seed (figures/tables/iaf_z_study.csv)")
+    return fig
+
 # %% ../nbs/04_iaf.ipynb #9df1dd74
 def plot_iaf_jacobians(D: int = 6, hidden_sizes: list[int] = (24, 24), seed: int = 0):
     "Heatmaps of |dz_new/dz| for one step, a reversed step, two same-order steps and two reversed steps, at initialisation (IAF Sec. 4)."
@@ -367,11 +389,13 @@ def plot_linear_iaf(n_steps: int = 300, n_samples: int = 3000, seed: int = 0):
 
 # %% ../nbs/04_iaf.ipynb #a245f3b7
 def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
-    "Render this chapter's figures (Jacobian patterns, linear-IAF covariance, learned vs constant σ) into `out_dir`."
+    "Render this chapter's figures (Jacobian patterns, linear-IAF covariance, learned vs constant σ; the step study, if `out_dir/tables/iaf_z_study.csv` exists) into `out_dir`."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     funnel_steps = 100 if quick else 1500
     figures = {"iaf_jacobians.png": plot_iaf_jacobians(),
                "iaf_linear_covariance.png": plot_linear_iaf(n_steps=60 if quick else 600, n_samples=500 if quick else 4000),
                "iaf_learned_vs_constant_sigma.png": plot_funnel_fits({learned: fit_funnel(learned, n_steps=funnel_steps)
                                                                       for learned in (True, False)})}
+    study = out_dir / "tables" / "iaf_z_study.csv"                          # written by tools/iaf_z_study
+    if study.exists(): figures["iaf_z_study.png"] = plot_z_study(pd.read_csv(study).set_index("variant"))
     return [save_figure(fig, out_dir / name) for name, fig in figures.items()]
