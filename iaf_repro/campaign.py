@@ -7,6 +7,7 @@ __all__ = ['STATUS_COLUMNS', 'parse_duration', 'campaign', 'status', 'replicatio
            'write_campaign_status']
 
 # %% ../nbs/09b_campaign.ipynb #e453aa09
+import json
 import math
 import os
 import platform
@@ -87,18 +88,27 @@ def campaign(presets: list[str], budget: str = "paper", parallel: int = 2, threa
 # %% ../nbs/09b_campaign.ipynb #34b01792
 STATUS_COLUMNS = ["run", "preset", "budget", "seed", "epoch", "best_epoch", "best_vlb", "lr", "seconds_per_epoch", "early_stopped",
                   "finished", "epochs_left_min", "epochs_left_max", "hours_left_min", "hours_left_max", "results", "problem",
-                  "flow_offdiag_ratio", "flow_jacobian_variation", "flow_gate_mean", "flow_gate_saturated"]   # last epoch's (chapter 07)
+                  "flow_offdiag_ratio", "flow_jacobian_variation", "flow_gate_mean", "flow_gate_saturated",   # last epoch's (chapter 07)
+                  "sessions", "trained_commits", "trained_devices", "trained_threads"]                     # from provenance.json
 
 def _parse_run_name(name: str) -> tuple:
     "(preset, budget, seed) from a run folder's name `<preset>__<budget>__s<seed>`; Nones for any other name."
     parts = name.split("__")
     return (parts[0], parts[1], int(parts[2][1:])) if len(parts) == 3 and re.fullmatch(r"s\d+", parts[2]) else (None, None, None)
 
+def _trained_under(folder: Path) -> dict:
+    "How many sessions trained the run, and the distinct commits, devices and thread counts they used (from its provenance.json)."
+    try: sessions = json.loads((folder / "provenance.json").read_text()).get("sessions", [])
+    except (OSError, ValueError, AttributeError): return {}
+    distinct = lambda key: " ".join(dict.fromkeys(str(s.get(key)) for s in sessions))
+    return dict(sessions=len(sessions), trained_commits=distinct("commit"), trained_devices=distinct("device"),
+                trained_threads=distinct("threads"))
+
 def _status_row(folder: Path, results_dir: Path, recent: int = 10) -> dict:
     "One run folder's row of `status`."
     preset, budget, seed = _parse_run_name(folder.name)
     row = dict(run=folder.name, preset=preset, budget=budget, seed=seed,
-               results=preset is not None and result_path(results_dir, preset, budget, seed).exists())
+               results=preset is not None and result_path(results_dir, preset, budget, seed).exists(), **_trained_under(folder))
     try: p = run_progress(folder)
     except Exception as e: return dict(row, problem=f"unreadable checkpoint: {e}")     # a report never stops at one bad folder
     if p is None: return dict(row, problem="no checkpoint: no epoch has finished yet")

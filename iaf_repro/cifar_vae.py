@@ -42,9 +42,13 @@ class CifarVAE(VAE):
         self.decoder = Decoder(config, out_channels=IMAGE_SHAPE[0], first_output_padding=1)
         self.likelihood = DiscretizedLogistic(IMAGE_SHAPE[0])
 
+    def encode(self, x: torch.Tensor):
+        "The posterior's parameters for a batch of uint8 images: `x [B, 3, 32, 32] -> (mu [B, D], log_sigma [B, D], h [B, C] or None)`."
+        return self.encoder(to_unit(x))
+
     def forward(self, x: torch.Tensor, k: int = 1) -> Terms:
         B, k = check_pixels(x), _positive_int(k, "k")
-        mu, log_sigma, h = self.encoder(to_unit(x))                                    # [B, D], [B, D], [B, C]
+        mu, log_sigma, h = self.encode(x)                                              # [B, D], [B, D], [B, C]
         z, log_qz = self.posterior(mu, log_sigma, h, k)                                # [k*B, D], [k, B]
         means = self.decoder(z).view(k, B, *IMAGE_SHAPE)                               # [k, B, 3, 32, 32]
         return Terms(self.likelihood(means, x), log_standard_normal(z).view(k, B), log_qz)
@@ -68,7 +72,7 @@ def initialize(self: CifarVAE, x: torch.Tensor) -> None:
 def reconstruct(self: CifarVAE, x: torch.Tensor) -> torch.Tensor:
     "Median pixels of p(x|z) (the bins holding μ) for one z ~ q(z|x) per image: `uint8 [B, 3, 32, 32] -> uint8 [B, 3, 32, 32]`."
     check_pixels(x)
-    z, _ = self.posterior(*self.encoder(to_unit(x)), 1)
+    z, _ = self.posterior(*self.encode(x), 1)
     return self.likelihood.median(self.decoder(z))
 
 @patch

@@ -254,10 +254,10 @@ def _restore(path, model, ema, optimizer, scheduler, generator, config) -> dict:
 FLOW_DIAGNOSTIC_IMAGES = 8                      # ours: validation images the per-epoch flow diagnostic looks at
 
 def flow_diagnostics(model: nn.Module, images: torch.Tensor, samples: int = 16) -> dict[str, float]:
-    "`z_dependence` (chapter 04, Eqs. 17-19) of the model's IAF posterior on `images`, keys prefixed `flow_`; {} for any other posterior."
+    "`z_dependence` (chapter 04, Eqs. 17-19) of the model's IAF posterior on `images`, keys prefixed `flow_`; {} for any other posterior, or a model without `encode`."
     flow = getattr(getattr(model, "posterior", None), "flow", None)
-    if not isinstance(flow, IAF) or len(images) == 0: return {}
-    with torch.no_grad(): mu, log_sigma, h = model.encoder(images.to(model_device(model)))
+    if not isinstance(flow, IAF) or not hasattr(model, "encode") or len(images) == 0: return {}
+    with torch.no_grad(): mu, log_sigma, h = model.encode(images.to(model_device(model)))     # chapter 06's VAE.encode
     return {f"flow_{name}": value for name, value in z_dependence(flow, mu, log_sigma, h, samples).items()}
 
 # %% ../nbs/07_train.ipynb #9b9e3924

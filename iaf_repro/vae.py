@@ -238,10 +238,14 @@ class VAE(nn.Module):
         self.encoder = Encoder(config, self.posterior.context_dim)
         self.decoder = Decoder(config)
 
+    def encode(self, x: torch.Tensor):
+        "The posterior's parameters for a batch: `x [B, 1, 28, 28] -> (mu [B, D], log_sigma [B, D], h [B, C] or None)` (Eq. 6)."
+        return self.encoder(x)
+
     def forward(self, x: torch.Tensor, k: int = 1) -> Terms:
         B = check_images(x)
         k = _positive_int(k, "k")
-        mu, log_sigma, h = self.encoder(x)                                             # 1) [B, D], [B, D], [B, C]
+        mu, log_sigma, h = self.encode(x)                                              # 1) [B, D], [B, D], [B, C]
         z, log_qz = self.posterior(mu, log_sigma, h, k)                                # 2) [k*B, D], [k, B]
         logits = self.decoder(z).view(k, B, *IMAGE_SHAPE)                              # 3) [k, B, 1, 28, 28]
         log_pz = log_standard_normal(z).view(k, B)                                     # 4) [k, B]
@@ -264,7 +268,7 @@ def initialize(self: VAE, x: torch.Tensor) -> None:
 def reconstruct(self: VAE, x: torch.Tensor) -> torch.Tensor:
     "Bernoulli means of p(x|z) for one posterior sample z ~ q(z|x) per image: `[B, 1, 28, 28] -> [B, 1, 28, 28]`."
     check_images(x)
-    z, _ = self.posterior(*self.encoder(x), 1)
+    z, _ = self.posterior(*self.encode(x), 1)
     return torch.sigmoid(self.decoder(z))
 
 @patch

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from iaf_repro.train import (TrainingInterrupted, load_checkpoint, run_progress, save_checkpoint, train, training_finished)
-from test_train import CONFIG, metrics_without_time, tiny_data, tiny_model
+from test_train import CONFIG, WrappedData, metrics_without_time, tiny_data, tiny_model
 
 OLD_RUN_KEYS = {"epoch", "steps", "best_vlb", "best_epoch", "since_best", "stopped", "rows"}
 OLD_CHECKPOINT_KEYS = {"format", "config", "device_type", "model", "ema", "optimizer", "scheduler", "rng", "run"}
@@ -22,21 +22,14 @@ OLD_CONFIG_FIELDS = {"epochs", "batch_size", "lr", "betas", "ema_decay", "free_b
                      "early_stop_patience", "seed", "max_steps_per_epoch", "valid_images", "amp", "compile"}
 
 
-class Slow:
+class Slow(WrappedData):
     "Wraps a data set; each training batch takes `seconds` longer (a bigger model, in miniature)."
     def __init__(self, data, seconds):
-        self.data, self.seconds = data, seconds
+        super().__init__(data)
+        self.seconds = seconds
 
-    def __getattr__(self, name):
-        return getattr(self.data, name)
-
-    def to(self, device):
-        return self
-
-    def batches(self, *args, **kwargs):
-        for x in self.data.batches(*args, **kwargs):
-            time.sleep(self.seconds)
-            yield x
+    def before_batch(self):
+        time.sleep(self.seconds)
 
 
 class SignalsItself(Slow):

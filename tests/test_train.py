@@ -43,10 +43,10 @@ class SimulatedCrash(Exception):
     pass
 
 
-class CrashingData:
-    "A data set whose training batches raise `SimulatedCrash` after `after` of them (a kill mid-epoch)."
-    def __init__(self, data, after):
-        self.data, self.after = data, after
+class WrappedData:
+    "Wraps a data set; `before_batch()` runs before each batch it hands out (subclasses: a crash, a delay)."
+    def __init__(self, data):
+        self.data = data
 
     def __getattr__(self, name):
         return getattr(self.data, name)
@@ -56,9 +56,19 @@ class CrashingData:
 
     def batches(self, *args, **kwargs):
         for x in self.data.batches(*args, **kwargs):
-            if self.after == 0: raise SimulatedCrash("killed")
-            self.after -= 1
+            self.before_batch()
             yield x
+
+
+class CrashingData(WrappedData):
+    "A data set whose training batches raise `SimulatedCrash` after `after` of them (a kill mid-epoch)."
+    def __init__(self, data, after):
+        super().__init__(data)
+        self.after = after
+
+    def before_batch(self):
+        if self.after == 0: raise SimulatedCrash("killed")
+        self.after -= 1
 
 
 class TurnsNaN(MLPVAE):

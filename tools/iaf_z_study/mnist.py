@@ -1,28 +1,19 @@
+"""The study on MNIST: `python mnist.py VARIANT[,VARIANT...] EPOCHS TRAIN_IMAGES` trains the paper's VAE with each posterior
+variant from the same seed, logs z_dependence per epoch, evaluates raw weights on 1000 test images (K=16), appends to
+mnist_results.jsonl and writes per-image values. Run from this folder with IAF_REPRO_DATA set; summarize.py tabulates."""
 import sys, time, json, math, tempfile, torch
 from pathlib import Path
-sys.path.insert(0, "/work/scratch")
+from pathlib import Path
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE.parents[1] / "figures" / "tables" / "iaf_z_study"
+sys.path.insert(0, str(HERE))
 torch.set_num_threads(1)
-from variants import VariantIAF, z_dependence
+from variants import VARIANTS, VariantIAF, z_dependence
 from iaf_repro.data import load_mnist, evenly_spaced
 from iaf_repro.vae import VAE, VAEConfig
 from iaf_repro.train import TrainConfig, train, load_ema_model
 from iaf_repro.evaluate import evaluate
 from dataclasses import replace
-VARIANTS = {
-  "diag": None,
-  "baseline": dict(),
-  "sgate0.1": dict(s_scale=0.1),
-  "add": dict(context="add"),
-  "add+unit": dict(context="add", init="unit"),
-  "concat+unit": dict(init="unit"),
-  "add+unit+sgate0.1": dict(context="add", init="unit", s_scale=0.1),
-  "add+unit+m0.1s0.1": dict(context="add", init="unit", s_scale=0.1, m_scale=0.1),
-  "exp": dict(form="exp", s_scale=0.1, m_scale=0.1, s_bias=0.0),
-  "add+unit+exp": dict(context="add", init="unit", form="exp", s_scale=0.1, m_scale=0.1, s_bias=0.0),
-  "add+unit+exp+zero": dict(context="add", init="unit", form="exp", s_scale=0.1, m_scale=0.1, s_bias=0.0, zero_out=True),
-  "add+unit+exp1+zero": dict(context="add", init="unit", form="exp", s_scale=1.0, m_scale=1.0, s_bias=0.0, zero_out=True),
-  "add+exp": dict(context="add", form="exp", s_scale=0.1, m_scale=0.1, s_bias=0.0),
-}
 
 names = sys.argv[1].split(","); epochs = int(sys.argv[2]); n_train = int(sys.argv[3])
 data = load_mnist("static")
@@ -46,8 +37,8 @@ for name in names:
             print(json.dumps(row), flush=True)
             rows.append(row)
     ev = evaluate(model, data.test, k=16, progress=False)   # raw weights: the average lags a short run
-    ev.per_image.to_csv(f"/work/scratch/mnist_{name}_{epochs}e.csv", index=False)
+    ev.per_image.to_csv(RESULTS / f"mnist_{name}_{epochs}e.per_image.csv.gz", index=False)
     res = dict(variant=name, epochs=epochs, n_train=n_train, test_vlb=ev.summary["vlb"], test_log_px16=ev.summary["log_px"],
                seconds=round(time.time() - t0), **{k: v for k, v in rows[-1].items() if k not in ("variant", "epoch")})
     print(json.dumps(res), flush=True)
-    with open("/work/scratch/mnist_results.jsonl", "a") as f: f.write(json.dumps(res) + "\n")
+    with open(RESULTS / "mnist_results.jsonl", "a") as f: f.write(json.dumps(res) + "\n")

@@ -1,4 +1,4 @@
-"Scratch: IAF step variants for issue 16 (z-dependence). Not committed."
+"IAF step variants of the z-dependence study behind chapter 04's 'The step we train' (exploratory research code, run by mnist.py and four.py)."
 import math, torch, torch.nn.functional as F
 from torch import nn
 from iaf_repro.made import MADE, MaskedLinear, made_degrees, made_masks
@@ -92,3 +92,20 @@ def z_dependence(flow, mu, log_sigma, h=None, samples=32, seed=0):
         out["shift_ratio"].append(sum(sr) / len(sr)); out["logsig_spread"].append(sum(ls) / len(ls))
         out["gate"].append(sum(gt) / len(gt)); out["saturated"].append(sum(sat) / len(sat))
     return {k: sum(v) / len(v) for k, v in out.items()}
+
+# the variants of the study, by name (keyword arguments of VariantIAF; None: the diagonal posterior)
+VARIANTS = {
+  "diag": None,
+  "baseline": dict(),
+  "sgate0.1": dict(s_scale=0.1),
+  "add": dict(context="add"),
+  "add+unit": dict(context="add", init="unit"),
+  "concat+unit": dict(init="unit"),
+  "add+unit+sgate0.1": dict(context="add", init="unit", s_scale=0.1),
+  "add+unit+m0.1s0.1": dict(context="add", init="unit", s_scale=0.1, m_scale=0.1),
+  "exp": dict(form="exp", s_scale=0.1, m_scale=0.1, s_bias=0.0),
+  "add+unit+exp": dict(context="add", init="unit", form="exp", s_scale=0.1, m_scale=0.1, s_bias=0.0),
+  "add+unit+exp+zero": dict(context="add", init="unit", form="exp", s_scale=0.1, m_scale=0.1, s_bias=0.0, zero_out=True),
+  "add+unit+exp1+zero": dict(context="add", init="unit", form="exp", s_scale=1.0, m_scale=1.0, s_bias=0.0, zero_out=True),
+  "add+exp": dict(context="add", form="exp", s_scale=0.1, m_scale=0.1, s_bias=0.0),
+}
