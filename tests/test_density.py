@@ -80,3 +80,9 @@ def test_bad_input_is_rejected_clearly():
         def forward(self, z, h=None): return z, torch.zeros(z.shape[0], 2)
     with pytest.raises(ValueError, match=r"expected \(2,\)"):
         FlowChain(WrongLogDetShape())(torch.zeros(2, 3))
+
+
+def test_the_package_has_its_docstring_and_version():
+    import iaf_repro
+    assert iaf_repro.__doc__ and iaf_repro.__doc__.startswith("iaf_repro: a literate PyTorch reproduction")
+    assert iaf_repro.__version__
