@@ -281,8 +281,9 @@ def _unit_gain_init(made: MADE) -> None:
         output.weight.zero_(); output.bias.zero_()
 
 class AffineIAFStep(IAFStep):
-    "IAF step as openai/iaf writes it, started at the identity: `z [B, D], h -> (z_new, log_det [B])`, z_new = (z − 0.1m)⊙exp(−0.1s) (Eq. 20)."
+    "IAF step as openai/iaf writes it, started at the identity: `z [B, D], h -> (z_new, log_det [B])`, z_new = (z − μ)⊙exp(−log σ) (Eq. 20)."
     scale = 0.1                                                            # openai/iaf: the MADE's outputs times 0.1
+    max_log_sigma = 3.0                                                    # ours: |log σ| < 3 per step (Eq. 20, see the text)
 
     def __init__(self, D: int, context_dim: int = 0, hidden_sizes: list[int] = (320, 320),
                  learned_sigma: bool = True, reverse: bool = False):
@@ -293,12 +294,16 @@ class AffineIAFStep(IAFStep):
         m, s = self.m_and_s(z, h)
         mu = self.scale * m
         if s is None: return z - mu, z.new_zeros(z.shape[0])                 # constant sigma: volume preserving
-        log_sigma = self.scale * s
+        log_sigma = self.log_sigma(s)
         return (z - mu) * torch.exp(-log_sigma), -log_sigma.sum(-1)         # Eq. 20
+
+    def log_sigma(self, s: torch.Tensor) -> torch.Tensor:
+        "log σ = L tanh(0.1 s / L): 0.1 s near 0, never beyond ±L (Eq. 20)."
+        return self.max_log_sigma * torch.tanh(self.scale * s / self.max_log_sigma)
 
     def solve(self, z_new_i: torch.Tensor, m_i: torch.Tensor, s_i: torch.Tensor | None) -> torch.Tensor:
         "Eq. 20 solved for z_i in one dimension: z_i = z_new_i σ_i + μ_i."
-        sigma = 1.0 if s_i is None else torch.exp(self.scale * s_i)
+        sigma = 1.0 if s_i is None else torch.exp(self.log_sigma(s_i))
         return z_new_i * sigma + self.scale * m_i
 
 IAF_STEPS = {"gated": IAFStep, "affine": AffineIAFStep}   # VAEConfig.iaf_step -> the step class
