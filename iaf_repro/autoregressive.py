@@ -22,7 +22,8 @@ import torch.distributions as td
 from torch import nn
 from tqdm.auto import tqdm
 
-from .density import autograd_log_det, check_batch, flow_log_prob, log_normal_diag, provenance, save_figure, seeded
+from .density import autograd_log_det, check_batch, flow_log_prob, log_normal_diag
+from .utils import provenance, save_figure, seeded
 from .iaf import IAF, iaf_log_q
 from .made import MADE
 

@@ -35,10 +35,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from .accelerate import accelerate, fast_path_problem, onednn_linear, onednn_op, onednn_pack
-from .density import provenance, save_figure
+from .utils import provenance, save_figure
 from .evaluate import evaluate
 from .experiments import BUDGETS, PRESETS
-from .train import TrainConfig, _train_epoch, bound_terms, demo_data, free_bits_objective, resolve_device
+from .train import TrainConfig, train_epoch, bound_terms, demo_data, free_bits_objective, resolve_device
 from .vae import VAE, VAEConfig
 
 # %% ../nbs/95_bench.ipynb #329b6a73
@@ -214,7 +214,7 @@ def _training_steps(preset: str, x: torch.Tensor, device: torch.device, dtype: s
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     step_model = torch.compile(model, dynamic=False) if compile else model   # static shapes, as in `train`
     bar = tqdm(disable=True)
-    return model, lambda n: _train_epoch(model, step_model, ema, itertools.repeat(x, n), optimizer, config, bar)[0].tolist()
+    return model, lambda n: train_epoch(model, step_model, ema, itertools.repeat(x, n), optimizer, config, bar)[0].tolist()
 
 def train_speed(preset: str, images: torch.Tensor, batch_size: int, device: torch.device, bench: BenchConfig = BenchConfig(),
                 dtype: str = "fp32", compile: bool = False) -> dict:

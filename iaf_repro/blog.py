@@ -12,7 +12,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from .density import save_figure
+from .utils import save_figure
 from .experiments import TARGETS, get_preset, plot_prior_samples, read_result, result_path, trained_model
 
 # %% ../nbs/14_blog_table.ipynb #45e58d26

@@ -21,7 +21,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from .density import provenance, save_figure
+from .utils import provenance, save_figure
 from .experiments import PRESETS, get_budget, get_preset, published, resolve_runs_dir, result_path, run_name
 from .train import StopRequests, TrainingInterrupted, run_progress
 

@@ -19,7 +19,7 @@ import torch
 from fastcore.basics import patch
 
 from .data import BinarizedMNIST, DataError, DataFile, data_root, evenly_spaced, verified_file
-from .density import save_figure
+from .utils import save_figure
 
 # %% ../nbs/20_cifar_data.ipynb #7abf8d14
 _TORONTO = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"

@@ -17,7 +17,7 @@ import torch
 
 from .cifar import CIFAR10, load_cifar10, cifar_subset
 from .cifar_vae import SIMPLE_PRESETS, CifarVAE, plot_images
-from .density import provenance, save_figure
+from .utils import provenance, save_figure
 from .discretized import CIFAR_DIMS
 from .evaluate import bits_per_dim, evaluate, plot_training_curves
 from .experiments import TARGETS, Budget, read_result, result_path, run_name, training_provenance, write_json

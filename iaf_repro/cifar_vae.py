@@ -18,9 +18,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .cifar import IMAGE_SHAPE, CIFAR10
-from .density import log_standard_normal, save_figure
+from .density import log_standard_normal
+from .utils import positive_int, save_figure
 from .discretized import DiscretizedLogistic, to_unit
-from .elbo import _positive_int
 from .train import bound_terms, free_bits_objective
 from .vae import VAE, Decoder, Encoder, Terms, VAEConfig, WeightNormLayer, make_posterior
 
@@ -47,7 +47,7 @@ class CifarVAE(VAE):
         return self.encoder(to_unit(x))
 
     def forward(self, x: torch.Tensor, k: int = 1) -> Terms:
-        B, k = check_pixels(x), _positive_int(k, "k")
+        B, k = check_pixels(x), positive_int(k, "k")
         mu, log_sigma, h = self.encode(x)                                              # [B, D], [B, D], [B, C]
         z, log_qz = self.posterior(mu, log_sigma, h, k)                                # [k*B, D], [k, B]
         means = self.decoder(z).view(k, B, *IMAGE_SHAPE)                               # [k, B, 3, 32, 32]
@@ -80,7 +80,7 @@ def reconstruct(self: CifarVAE, x: torch.Tensor) -> torch.Tensor:
 def sample(self: CifarVAE, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     "Images x ~ p(x|z), z ~ N(0, I): `-> uint8 [n, 3, 32, 32]`."
     p = next(self.parameters())
-    z = torch.randn(_positive_int(n, "n"), self.config.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
+    z = torch.randn(positive_int(n, "n"), self.config.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
     return self.likelihood.sample(self.decoder(z), generator)
 
 # %% ../nbs/22_cifar_simple.ipynb #8f52d6a4

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .density import save_figure
+from .utils import save_figure
 
 # %% ../nbs/05_data.ipynb #6bc17f31
 DATA_ENV = "IAF_REPRO_DATA"

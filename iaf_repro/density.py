@@ -4,16 +4,10 @@
 
 # %% auto #0
 __all__ = ['LOG_2PI', 'check_batch', 'check_context', 'check_broadcast', 'log_normal_diag', 'log_standard_normal',
-           'plot_change_of_variables_1d', 'autograd_log_det', 'FlowChain', 'flow_log_prob', 'provenance', 'seeded',
-           'save_figure', 'make_figures']
+           'plot_change_of_variables_1d', 'autograd_log_det', 'FlowChain', 'flow_log_prob', 'make_figures']
 
 # %% ../nbs/00_change_of_variables.ipynb #bdeedd25
 import math
-import os
-import platform
-import subprocess
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -21,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-import iaf_repro
+from .utils import save_figure
 
 # %% ../nbs/00_change_of_variables.ipynb #faf1215e
 def check_batch(z: torch.Tensor, dim: int | None = None, name: str = "z") -> tuple[int, int]:
@@ -132,38 +126,7 @@ def flow_log_prob(log_q0: torch.Tensor, log_det: torch.Tensor) -> torch.Tensor:
     "log q_K(z_K) from the base log-density of z_0 and the chain's summed log-det: `[B], [B] -> [B]` (Eq. 5)."
     return log_q0 - log_det
 
-# %% ../nbs/00_change_of_variables.ipynb #5cba045c
-def _git(*args) -> str:
-    "Output of a git command run in the package's checkout ('' when git or the checkout is missing)."
-    try: return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=Path(iaf_repro.__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError): return ""
-
-def provenance(device: torch.device | str = "cpu") -> dict:
-    "Where and with what code a result is being made: commit, dirty flag, device, threads, torch and package versions, date."
-    device = torch.device(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores: {platform.processor() or platform.machine()})"
-    return dict(commit=_git("rev-parse", "--short=12", "HEAD") or "unknown",
-                dirty=bool(_git("status", "--porcelain", "--untracked-files=no")),
-                device=name, threads=torch.get_num_threads(), torch=torch.__version__,
-                iaf_repro=iaf_repro.__version__, date=time.strftime("%Y-%m-%d %H:%M:%S"))
-
-# %% ../nbs/00_change_of_variables.ipynb #5872f48c
-@contextmanager
-def seeded(seed: int):
-    "Run a block with the global torch RNGs (CPU and CUDA) seeded, then restore the caller's RNG state."
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        yield
-
 # %% ../nbs/00_change_of_variables.ipynb #cc83a2d2
-def save_figure(fig, path: Path) -> Path:
-    "Save a figure as a PNG (130 dpi, tight), creating its folder, and close it; every chapter's figures go through here."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
 def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
     "Render this chapter's figures into `out_dir` (`quick`: fewer samples, for tests)."
     g = torch.Generator().manual_seed(0)

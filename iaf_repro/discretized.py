@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .density import save_figure
+from .utils import save_figure
 from .evaluate import bits_per_dim
 
 # %% ../nbs/21_discretized_logistic.ipynb #ef64a283

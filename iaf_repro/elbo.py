@@ -16,7 +16,8 @@ import torch
 from fastcore.basics import patch
 from torch.distributions import MultivariateNormal, kl_divergence
 
-from .density import check_batch, check_broadcast, flow_log_prob, log_normal_diag, log_standard_normal, save_figure
+from .density import check_batch, check_broadcast, flow_log_prob, log_normal_diag, log_standard_normal
+from .utils import positive_int, save_figure
 
 # %% ../nbs/01_elbo_lotus.ipynb #597bdde5
 def gaussian_kl_diag(mu_q: torch.Tensor, log_sigma_q: torch.Tensor,
@@ -212,15 +213,9 @@ def plot_iwae_bound_vs_k(ks: list[int], bounds: dict, log_px: float, elbos: dict
     return ax
 
 # %% ../nbs/01_elbo_lotus.ipynb #002b6f87
-def _positive_int(value, name: str) -> int:
-    "Return `value` if it is an int >= 1, else raise a ValueError naming `name`."
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
 def importance_sampled_log_px(draw_log_w: Callable[[int], torch.Tensor], k: int, chunk: int = 1024) -> torch.Tensor:
     "log p(x) ~ logsumexp_k log w_k - log k over `k` fresh samples, `draw_log_w(n) -> [n, B]` called per chunk: `-> [B]` (Eqs. 15-16)."
-    k, chunk = _positive_int(k, "k"), _positive_int(chunk, "chunk")
+    k, chunk = positive_int(k, "k"), positive_int(chunk, "chunk")
     total, done = None, 0
     while done < k:
         n = min(chunk, k - done)

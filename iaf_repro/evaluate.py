@@ -19,9 +19,9 @@ from matplotlib.lines import Line2D
 from torch import nn
 from tqdm.auto import tqdm
 
-from .elbo import _positive_int, importance_sampled_log_px, iwae_bounds_by_k, log_importance_weights
+from .elbo import importance_sampled_log_px, iwae_bounds_by_k, log_importance_weights
+from .utils import positive_int, save_figure, seeded
 from .data import evenly_spaced, load_mnist
-from .density import save_figure, seeded
 from .train import MLPVAE, TrainConfig, bound_terms, demo_data, load_ema_model, model_device, train
 from .vae import VAEConfig
 
@@ -54,7 +54,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, k: int = 128, batch_size: i
              seed: int = 0, progress: bool = True) -> Evaluation:
     "Per-image VLB and IS log p(x) from the same `k` samples, their gap, reconstruction and KL, with a summary (Eqs. 1-2)."
     n, device = _check_images(images), model_device(model)
-    k, batch_size, chunk = (_positive_int(v, name) for v, name in ((k, "k"), (batch_size, "batch_size"), (chunk, "chunk")))
+    k, batch_size, chunk = (positive_int(v, name) for v, name in ((k, "k"), (batch_size, "batch_size"), (chunk, "chunk")))
     was_training = model.training
     model.eval()
     try:
@@ -100,7 +100,7 @@ def log_px_by_k(model: nn.Module, images: torch.Tensor, ks: list[int], batch_siz
 # %% ../nbs/08_evaluate.ipynb #0911abce
 def bits_per_dim(log_px_nats, num_dims: int):
     "Convert log p(x) in nats per image to bits per dimension, -log p(x) / (D ln 2)."
-    return -log_px_nats / (_positive_int(num_dims, "num_dims") * math.log(2))
+    return -log_px_nats / (positive_int(num_dims, "num_dims") * math.log(2))
 
 # %% ../nbs/08_evaluate.ipynb #846056ce
 def _metrics(run) -> pd.DataFrame:
@@ -130,7 +130,7 @@ def plot_reconstructions(models, images: torch.Tensor, n: int = 8, seed: int = 0
                          title: str = "Test images, reconstructions and per-pixel errors"):
     "Originals, Bernoulli-mean reconstructions and |x - x_hat| maps of `n` images evenly spaced through `images [N, 1, H, W]`, for one model or a dict name -> model."
     models = models if isinstance(models, dict) else {"model": models}
-    x = evenly_spaced(images, _positive_int(n, "n")).cpu()
+    x = evenly_spaced(images, positive_int(n, "n")).cpu()
     rows = [("original $x$", x, None)]
     with seeded(seed), torch.inference_mode():
         for name, model in models.items():

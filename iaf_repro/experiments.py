@@ -21,7 +21,7 @@ import torch
 
 import iaf_repro
 from .data import BinarizedMNIST, evenly_spaced, load_mnist
-from .density import provenance, save_figure
+from .utils import provenance, save_figure
 from .evaluate import evaluate, plot_reconstructions, plot_training_curves
 from .train import TrainConfig, load_ema_model, resolve_device, run_progress, train, training_finished
 from .accelerate import accelerate

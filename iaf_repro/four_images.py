@@ -20,7 +20,8 @@ from matplotlib.patches import Patch, Rectangle
 from tqdm.auto import tqdm
 
 from .data import evenly_spaced, load_mnist, static_test_labels
-from .density import log_normal_diag, log_standard_normal, provenance, save_figure, seeded
+from .density import log_normal_diag, log_standard_normal
+from .utils import provenance, save_figure, seeded
 from .evaluate import evaluate
 from .train import MLPVAE, bound_terms
 from .vae import VAE, VAEConfig, bernoulli_log_likelihood

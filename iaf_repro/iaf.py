@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from matplotlib.colors import LogNorm
 from torch import nn
 
-from .density import FlowChain, check_batch, check_context, flow_log_prob, log_normal_diag, log_standard_normal, save_figure, seeded
+from .density import FlowChain, check_batch, check_context, flow_log_prob, log_normal_diag, log_standard_normal
+from .utils import save_figure, seeded
 from .made import MADE, MaskedLinear
 
 # %% ../nbs/04_iaf.ipynb #840bf5a7

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .density import check_batch, check_context, save_figure
+from .density import check_batch, check_context
+from .utils import save_figure
 
 # %% ../nbs/03_made.ipynb #dcfe72ee
 CONTEXT_DEGREE = -1   # below every hidden degree: every hidden unit may see the context h

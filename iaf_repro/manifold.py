@@ -15,7 +15,7 @@ import torch
 from matplotlib.colors import BoundaryNorm, ListedColormap
 
 from .data import load_mnist, static_test_labels
-from .density import save_figure, seeded
+from .utils import save_figure, seeded
 from .experiments import get_preset, trained_model
 from .vae import VAE
 

@@ -23,7 +23,8 @@ from fastcore.basics import patch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .density import FlowChain, check_batch, check_context, flow_log_prob, log_standard_normal, provenance, save_figure
+from .density import FlowChain, check_batch, check_context, flow_log_prob, log_standard_normal
+from .utils import provenance, save_figure
 
 # %% ../nbs/02_planar_radial.ipynb #c92048cf
 def _check_unused_context(h: torch.Tensor | None, batch: int) -> None:

@@ -21,9 +21,9 @@ from torch import nn
 
 from .cifar import IMAGE_SHAPE
 from .cifar_vae import check_pixels, epoch_cost, initialize_weight_norm, plot_images
-from .density import LOG_2PI, save_figure
+from .density import LOG_2PI
+from .utils import positive_int, save_figure
 from .discretized import DiscretizedLogistic, to_unit
-from .elbo import _positive_int
 from .made import made_degrees, made_masks
 from .vae import Terms, WNConv2d, WNConvTranspose2d
 
@@ -41,7 +41,7 @@ class ResNetConfig:
     residual_scale: float = 0.1    # App. C: residual branches scaled by 0.1
 
     def __post_init__(self):
-        for name in ("depth", "hidden", "latent"): _positive_int(getattr(self, name), name)
+        for name in ("depth", "hidden", "latent"): positive_int(getattr(self, name), name)
         if self.iaf_hidden_layers not in (0, 1, 2): raise ValueError(f"iaf_hidden_layers must be 0, 1 or 2, got {self.iaf_hidden_layers}")
         if not self.free_bits >= 0: raise ValueError(f"free_bits must be >= 0 nats, got {self.free_bits}")
 
@@ -72,7 +72,7 @@ class ARConv(nn.Module):
     "Autoregressive conv net: `z [B, C, H, W], context [B, Hc, H, W] -> (m, s) [B, C, H, W] each`, context added after the first layer (Eqs. 2-3)."
     def __init__(self, channels: int, hidden: int, hidden_layers: int = 1):
         super().__init__()
-        masks = pixelcnn_masks(channels, [hidden] * _positive_int(hidden_layers, "hidden_layers"))
+        masks = pixelcnn_masks(channels, [hidden] * positive_int(hidden_layers, "hidden_layers"))
         self.layers = nn.ModuleList(MaskedConv2d(m, init_scale=0.1 if i == len(masks) - 1 else 1.0) for i, m in enumerate(masks))
 
     def forward(self, z: torch.Tensor, context: torch.Tensor):
@@ -176,7 +176,7 @@ class ResNetVAE(nn.Module):
         return self.decode_out(F.elu(h)), log_q, log_p
 
     def forward(self, x: torch.Tensor, k: int = 1) -> Terms:
-        B, k = check_pixels(x), _positive_int(k, "k")
+        B, k = check_pixels(x), positive_int(k, "k")
         h, ups = self.encode_in(to_unit(x)), []
         for layer in self.layers:                                                              # bottom-up, once per image
             h, up = layer.up(h); ups.append(up)
@@ -204,7 +204,7 @@ def initialize(self: ResNetVAE, x: torch.Tensor) -> None:
 @torch.no_grad()
 def sample(self: ResNetVAE, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     "Images from the model: z_L, ..., z_1 from the top-down prior, then x ~ p(x|z): `-> uint8 [n, 3, 32, 32]`."
-    n = _positive_int(n, "n")
+    n = positive_int(n, "n")
     mu, _, _ = self.down_pass(self.top(n), None, generator)
     return self.likelihood.sample(mu, generator)
 

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'FLOW_DIAGNOSTIC_IMAGES', 'METRIC_COLUMNS', 'MLPVAE', 'demo_data', 'bound_terms',
            'free_bits_objective', 'ema_update', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'TrainConfig',
-           'model_device', 'validate', 'NonFiniteLossError', 'flow_diagnostics', 'resolve_device',
+           'model_device', 'validate', 'train_epoch', 'NonFiniteLossError', 'flow_diagnostics', 'resolve_device',
            'TrainingInterrupted', 'StopRequests', 'train', 'load_ema_model', 'run_progress', 'training_finished',
            'plot_ema_vs_raw', 'make_figures']
 
@@ -32,8 +32,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import BinarizedMNIST, evenly_spaced, load_mnist
-from .density import save_figure, seeded
-from .elbo import _positive_int, elbo, log_importance_weights
+from .utils import positive_int, save_figure, seeded
+from .elbo import elbo, log_importance_weights
 from .iaf import IAF, z_dependence
 from .vae import VAE, VAEConfig, make_posterior, toy_images
 
@@ -156,9 +156,9 @@ class TrainConfig:
     compile: bool = False                        # ours: torch.compile the training forward pass (CUDA speed-up)
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "lr_patience", "early_stop_patience"): _positive_int(getattr(self, name), name)
+        for name in ("epochs", "batch_size", "lr_patience", "early_stop_patience"): positive_int(getattr(self, name), name)
         for name in ("max_steps_per_epoch", "valid_images"):
-            if getattr(self, name) is not None: _positive_int(getattr(self, name), name)
+            if getattr(self, name) is not None: positive_int(getattr(self, name), name)
         if not self.lr > 0: raise ValueError(f"lr must be positive, got {self.lr}")
         if not all(0 <= b < 1 for b in self.betas) or len(self.betas) != 2: raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
         if not 0 <= self.ema_decay < 1: raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
@@ -179,7 +179,7 @@ def validate(model: nn.Module, images: torch.Tensor, batch_size: int = 100, seed
     return torch.stack(sums).sum(0) / len(images)
 
 # %% ../nbs/07_train.ipynb #9ccdf949
-def _train_epoch(model, step_model, ema, batches, optimizer, config, bar) -> tuple[torch.Tensor, torch.Tensor, int]:
+def train_epoch(model, step_model, ema, batches, optimizer, config, bar) -> tuple[torch.Tensor, torch.Tensor, int]:
     "One pass over `batches`: per-step losses `[S]`, summed (VLB, recon, KL) `[3]` and the image count, all left on the device."
     model.train()
     autocast = torch.autocast(model_device(model).type, dtype=torch.bfloat16) if config.amp else nullcontext()
@@ -400,7 +400,7 @@ def train(model: nn.Module, data: BinarizedMNIST, config: TrainConfig, run_dir: 
             batches = itertools.islice(data.batches("train", config.batch_size, shuffle=True, generator=generator), config.max_steps_per_epoch)
             with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=not progress) as bar:
                 batches = _stoppable(batches, stop, run_dir, run["epoch"])
-                losses, sums, n = _sum_over_ranks(*_train_epoch(model, step_model, ema, batches, optimizer, config, bar))
+                losses, sums, n = _sum_over_ranks(*train_epoch(model, step_model, ema, batches, optimizer, config, bar))
             host = torch.cat([sums / n, losses]).tolist()                                 # the epoch's one device-to-host sync
             _check_finite(host[3:], epoch, checkpoint, run["epoch"])
             valid_means = _from_rank0(validate(ema, valid, config.batch_size, config.seed)).tolist()

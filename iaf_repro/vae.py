@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from torch import nn
 
-from .density import check_batch, flow_log_prob, log_standard_normal, save_figure, seeded
-from .elbo import _positive_int, reparameterize
+from .density import check_batch, flow_log_prob, log_standard_normal
+from .utils import positive_int, save_figure, seeded
+from .elbo import reparameterize
 from .iaf import IAF, IAF_STEPS
 from .nf import make_flow
 
@@ -141,9 +142,9 @@ class VAEConfig:
         if self.posterior not in POSTERIORS:
             raise ValueError(f"unknown posterior {self.posterior!r}; valid names: {', '.join(POSTERIORS)}")
         if self.iaf_step not in IAF_STEPS: raise ValueError(f"unknown iaf_step {self.iaf_step!r}; valid names: {', '.join(IAF_STEPS)}")
-        for name in ("latent_dim", "iaf_depth", "iaf_width", "planar_length", "hidden_dim"): _positive_int(getattr(self, name), name)
+        for name in ("latent_dim", "iaf_depth", "iaf_width", "planar_length", "hidden_dim"): positive_int(getattr(self, name), name)
         if len(self.channels) != 3: raise ValueError(f"channels must name 3 feature-map counts, got {self.channels}")
-        for c in self.channels: _positive_int(c, "channels")
+        for c in self.channels: positive_int(c, "channels")
         if isinstance(self.context_dim, bool) or not isinstance(self.context_dim, int) or self.context_dim < 0:
             raise ValueError(f"context_dim must be a non-negative integer, got {self.context_dim!r}")
 
@@ -244,7 +245,7 @@ class VAE(nn.Module):
 
     def forward(self, x: torch.Tensor, k: int = 1) -> Terms:
         B = check_images(x)
-        k = _positive_int(k, "k")
+        k = positive_int(k, "k")
         mu, log_sigma, h = self.encode(x)                                              # 1) [B, D], [B, D], [B, C]
         z, log_qz = self.posterior(mu, log_sigma, h, k)                                # 2) [k*B, D], [k, B]
         logits = self.decoder(z).view(k, B, *IMAGE_SHAPE)                              # 3) [k, B, 1, 28, 28]
@@ -276,7 +277,7 @@ def reconstruct(self: VAE, x: torch.Tensor) -> torch.Tensor:
 def sample(self: VAE, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     "Bernoulli means of p(x|z) for z ~ N(0, I) (drawn on the generator's device): `-> [n, 1, 28, 28]`."
     p = next(self.parameters())
-    z = torch.randn(_positive_int(n, "n"), self.config.latent_dim, generator=generator,
+    z = torch.randn(positive_int(n, "n"), self.config.latent_dim, generator=generator,
                     device=generator.device if generator is not None else p.device, dtype=p.dtype)
     return torch.sigmoid(self.decoder(z.to(p.device)))
 
@@ -289,7 +290,7 @@ def parameter_counts(model: VAE) -> dict[str, int]:
 # %% ../nbs/06_vae.ipynb #eb9ace16
 def toy_images(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     "`n` binary 28×28 crosses (a 3-px horizontal and vertical bar at random places), for smoke tests: `-> [n, 1, 28, 28]`."
-    row, col = torch.randint(0, 26, (2, _positive_int(n, "n"), 1), generator=generator)   # [n, 1] each
+    row, col = torch.randint(0, 26, (2, positive_int(n, "n"), 1), generator=generator)   # [n, 1] each
     side = torch.arange(28)
     rows, cols = (side >= row) & (side < row + 3), (side >= col) & (side < col + 3)      # [n, 28] each
     return (rows[:, :, None] | cols[:, None, :]).float()[:, None]                       # [n, 1, 28, 28]

@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 import iaf_repro.accelerate as acc
 from iaf_repro.accelerate import (FastMaskedLinear, _BlockedMaskedProduct, accelerate, conv_weight_layout, fast_path,
                                   fast_path_problem, staircase_blocks)
-from iaf_repro.density import seeded
+from iaf_repro.utils import seeded
 from iaf_repro.made import MADE, MaskedLinear, autoregressive_violations, made_degrees, made_jacobians, made_masks
 from iaf_repro.vae import VAE, VAEConfig, WNConv2d, WNConvTranspose2d, toy_images
 from test_made import made_configs                       # the MADE shapes chapter 03's property tests draw

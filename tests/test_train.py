@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from iaf_repro.data import BinarizedMNIST
-from iaf_repro.density import seeded
+from iaf_repro.utils import seeded
 from iaf_repro.train import (CHECKPOINT_FORMAT, METRIC_COLUMNS, CheckpointError, MLPVAE, NonFiniteLossError, TrainConfig,
                              bound_terms, ema_update, free_bits_objective, load_checkpoint, load_ema_model, save_checkpoint,
                              train, validate)

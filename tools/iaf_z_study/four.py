@@ -20,7 +20,7 @@ def _lq_safe(model, images, z):
 FI.log_q_on_grid = _lq_safe
 from iaf_repro.four_images import four_test_images, fit_to_images, posterior_report, TOY_MODELS
 from iaf_repro.train import MLPVAE
-from iaf_repro.density import seeded
+from iaf_repro.utils import seeded
 from iaf_repro.iaf import IAF
 
 names = sys.argv[1].split(",")

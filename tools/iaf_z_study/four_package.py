@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from iaf_repro.density import provenance, seeded
+from iaf_repro.utils import provenance, seeded
 from iaf_repro.four_images import TOY_MODELS, fit_to_images, four_test_images, posterior_report
 from iaf_repro.iaf import z_dependence
 from iaf_repro.train import MLPVAE
