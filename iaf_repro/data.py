@@ -67,10 +67,18 @@ def sha256_of(path: Path) -> str:
 class DataError(FileNotFoundError):
     "A dataset file is missing or does not match its published checksum."
 
+def _folder_from_env(root) -> bool:
+    "Whether the data folder is the one `$IAF_REPRO_DATA` names: a folder the user fills, never a download cache."
+    return root is None and bool(os.environ.get(DATA_ENV))
+
 def verified_file(file: DataFile, root: Path | str | None = None, download: bool = False) -> Path:
-    "Path to `file` under the data root after checking its sha256; optionally download it first."
+    "Path to `file` under the data root after checking its sha256; optionally download it first (never into `$IAF_REPRO_DATA`)."
     path = data_root(root) / file.path
     if not path.exists():
+        if _folder_from_env(root):
+            raise DataError(f"{path} not found: {DATA_ENV} is {os.environ[DATA_ENV]}, so {file.path} must be in that folder "
+                            f"(the layout of ../shared/data/README.md). Copy it there, point {DATA_ENV} at the folder "
+                            f"that holds it (in this project's CI: ../shared/data), or unset {DATA_ENV} to download it into ~/.cache/iaf_repro.")
         if download and file.urls: return _download(file, path)
         fix = (f"set {DATA_ENV} to the folder that holds it (in this project's CI: ../shared/data)"
                + (f", or pass download=True to fetch it from {file.urls[0]}" if file.urls else ""))
@@ -109,7 +117,7 @@ def read_idx(path: Path) -> np.ndarray:
 def _static_arrays(root, download) -> dict[str, np.ndarray]:
     "The static splits as uint8 {0,1} arrays [N, 784], from the packed .npz or else the .amat files."
     packed = data_root(root) / FILES["static"].path
-    if packed.exists() or not download:
+    if packed.exists() or not download or _folder_from_env(root):     # the .amat files are only a download fallback
         with np.load(verified_file(FILES["static"], root)) as d:
             return {s: np.unpackbits(d[s], axis=1)[:, :784] for s in ("train", "valid", "test")}
     return {s: np.loadtxt(verified_file(FILES[f"static_{s}_amat"], root, download), dtype=np.uint8)

@@ -51,6 +51,28 @@ def test_cifar_commands_are_registered(tmp_path, monkeypatch, capsys):
     assert main(["train", "cifar-nope", "--budget", "smoke"]) == 2
     assert "unknown CIFAR preset" in capsys.readouterr().err
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "figures" / "tables" / "runs").mkdir(parents=True)
     assert main(["table", "cifar"]) == 0
     assert "not yet run at this budget" in capsys.readouterr().out
     assert (tmp_path / "figures" / "tables" / "cifar-paper-t4.md").exists()
+
+
+@pytest.mark.parametrize("number", ["1", "2", "cifar"])
+def test_table_outside_the_repository_says_where_it_expected_the_project(tmp_path, monkeypatch, capsys, number):
+    monkeypatch.chdir(tmp_path)
+    assert main(["table", number]) == 2
+    assert f"expected the iaf-repro repository here ({tmp_path})" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []                          # no table of "not run" rows
+
+
+def test_unknown_device_is_our_own_one_line_error(capsys):
+    assert main(["train", "static-diag", "--budget", "smoke", "--device", "tpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown device 'tpu'; valid devices: cpu, cuda, auto" in err
+
+
+def test_list_shows_every_preset_with_its_table_and_what_exists(tmp_path, capsys):
+    assert main(["list", "--budget", "cpu", "--runs", str(tmp_path)]) == 0
+    lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert lines["static-diag"][2] == "table1" and lines["static-diag"][-2:] == ["yes", "no"]   # committed results, no weights here
+    assert lines["dynamic-diag"][-2:] == ["no", "no"] and lines["cifar-simple-diag"][1] == "CIFAR-10"

@@ -25,6 +25,16 @@ def test_missing_file_names_the_file_and_the_fix(tmp_path):
         verified_file(FILES["static"], tmp_path)
 
 
+def test_empty_data_folder_names_the_file_expected_there_before_any_download(tmp_path, monkeypatch):
+    monkeypatch.setenv(DATA_ENV, str(tmp_path))
+    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: pytest.fail("tried to download"))
+    with pytest.raises(DataError, match=rf"{tmp_path / 'binarized_mnist.npz'} not found: {DATA_ENV} is {tmp_path}.*unset {DATA_ENV}"):
+        load_mnist("static")
+    with pytest.raises(DataError, match=rf"{tmp_path / 'mnist' / 'train-images-idx3-ubyte.gz'} not found"):
+        load_mnist("dynamic")
+    assert list(tmp_path.iterdir()) == []                        # nothing was created in the user's folder
+
+
 def test_corrupt_file_names_both_checksums_and_is_left_alone(tmp_path):
     good = _file(tmp_path, "x.bin", b"abc")
     (tmp_path / "x.bin").write_bytes(b"abd")

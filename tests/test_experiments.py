@@ -5,8 +5,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from iaf_repro.experiments import (BUDGETS, PRESETS, TABLES, TARGETS, build_table, get_budget, get_preset, published,
-                                   ensure_run, result_path, run, run_name, table_markdown, write_table)
+from iaf_repro.cifar_experiments import CIFAR_RESULT_FIELDS
+from iaf_repro.experiments import (BUDGETS, PRESETS, RESULT_FIELDS, TABLES, TARGETS, build_table, get_budget, get_preset, published,
+                                   ensure_run, read_result, result_path, run, run_name, table_markdown, write_table)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_TARGETS = ROOT.parent / "shared" / "reference" / "targets.csv"
@@ -32,11 +33,38 @@ def test_unknown_names_list_the_valid_ones():
         get_budget("fast")
 
 
+FULL_RESULT = dict(vlb=-90.0, vlb_se=0.5, log_px=-88.0, log_px_se=0.4, gap=2.0, epochs=3, best_epoch=3, seed=0, is_samples=128,
+                   eval_images=100, threads=1, train_seconds=1.0, budget="cpu", device="cpu", commit="abc", trained_commit="abc")
+
+
+def test_bad_results_files_stop_the_table_and_leave_both_table_files_untouched(tmp_path):
+    out = tmp_path / "tables"
+    _fake_result(tmp_path, "static-diag", "cpu", -90.0)
+    write_table("table1", tmp_path, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    path = tmp_path / "static-diag__cpu__s0.json"
+    good = json.loads(path.read_text())
+    for bad, says in [({}, "missing vlb"), (dict(good, vlb="abc"), "vlb = 'abc' is not a finite number"),
+                      (dict(good, epochs=None), "epochs = None"), ([good], "a JSON list")]:
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=rf"{path} is not a valid results file \(.*{says}.*delete the file"):
+            write_table("table1", tmp_path, out)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_committed_results_files_pass_the_checks():
+    runs = ROOT / "figures" / "tables" / "runs"
+    files = sorted(runs.glob("*.json"))
+    assert files
+    for path in files: read_result(path, CIFAR_RESULT_FIELDS if path.name.startswith("cifar-") else RESULT_FIELDS)
+
+
 def _fake_result(results_dir, preset, budget, vlb):
     p = PRESETS[preset]
     result = dict(run=run_name(preset, budget, 0), preset=preset, budget=budget, seed=0, mnist=p.mnist, row=p.row,
                   label=p.label, epochs=3, eval_images=100, is_samples=128, vlb=vlb, vlb_se=0.5, log_px=vlb + 2,
-                  log_px_se=0.4, gap=2.0, train_seconds=1.0, eval_seconds=1.0, device="cpu", commit="abc", dirty=False)
+                  log_px_se=0.4, gap=2.0, best_epoch=3, threads=1, train_seconds=1.0, eval_seconds=1.0, device="cpu", commit="abc",
+                  trained_commit="abc", dirty=False)
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / f"{run_name(preset, budget, 0)}.json").write_text(json.dumps(result))
 
@@ -86,8 +114,8 @@ def test_ensure_run_calls_the_given_runner_only_while_the_results_file_is_missin
         calls.append((preset, budget, seed))
         path = result_path(results_dir, preset, budget, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"run": run_name(preset, budget, seed)}))
-        return {"run": run_name(preset, budget, seed)}
+        path.write_text(json.dumps(result := dict(FULL_RESULT, run=run_name(preset, budget, seed))))
+        return result
     first = ensure_run("cifar-simple-diag", "smoke", runs_dir=tmp_path / "runs", results_dir=tmp_path / "results", runner=runner)
     again = ensure_run("cifar-simple-diag", "smoke", runs_dir=tmp_path / "runs", results_dir=tmp_path / "results", runner=runner)
     assert calls == [("cifar-simple-diag", "smoke", 0)] and first == again
