@@ -119,3 +119,11 @@ def test_ensure_run_calls_the_given_runner_only_while_the_results_file_is_missin
     first = ensure_run("cifar-simple-diag", "smoke", runs_dir=tmp_path / "runs", results_dir=tmp_path / "results", runner=runner)
     again = ensure_run("cifar-simple-diag", "smoke", runs_dir=tmp_path / "runs", results_dir=tmp_path / "results", runner=runner)
     assert calls == [("cifar-simple-diag", "smoke", 0)] and first == again
+
+
+@pytest.mark.parametrize("table", list(TABLES))
+def test_the_committed_tables_are_the_ones_the_committed_results_give(table, tmp_path):
+    write_table(table, ROOT / "figures" / "tables" / "runs", tmp_path)
+    for suffix in (".md", ".csv"):
+        committed = (ROOT / "figures" / "tables" / f"{table}{suffix}").read_text()
+        assert (tmp_path / f"{table}{suffix}").read_text() == committed, f"run `iaf-repro table {table[-1]}` and commit {table}{suffix}"
