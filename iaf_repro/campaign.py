@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from .utils import provenance, save_figure
-from .experiments import PRESETS, get_budget, get_preset, published, resolve_runs_dir, result_path, run_name
+from .experiments import PRESETS, get_budget, get_preset, published, resolve_runs_dir, result_path, run_name, trained_under
 from .train import StopRequests, TrainingInterrupted, run_progress
 
 # %% ../nbs/09b_campaign.ipynb #a5579eb3
@@ -96,11 +96,11 @@ def _parse_run_name(name: str) -> tuple:
     parts = name.split("__")
     return (parts[0], parts[1], int(parts[2][1:])) if len(parts) == 3 and re.fullmatch(r"s\d+", parts[2]) else (None, None, None)
 
-def _trained_under(folder: Path) -> dict:
+def _sessions_summary(folder: Path) -> dict:
     "How many sessions trained the run, and the distinct commits, devices and thread counts they used (from its provenance.json)."
     try: sessions = json.loads((folder / "provenance.json").read_text()).get("sessions", [])
     except (OSError, ValueError, AttributeError): return {}
-    distinct = lambda key: " ".join(dict.fromkeys(str(s.get(key)) for s in sessions))
+    distinct = lambda key: " ".join(map(str, trained_under(sessions, key)))
     return dict(sessions=len(sessions), trained_commits=distinct("commit"), trained_devices=distinct("device"),
                 trained_threads=distinct("threads"))
 
@@ -108,7 +108,7 @@ def _status_row(folder: Path, results_dir: Path, recent: int = 10) -> dict:
     "One run folder's row of `status`."
     preset, budget, seed = _parse_run_name(folder.name)
     row = dict(run=folder.name, preset=preset, budget=budget, seed=seed,
-               results=preset is not None and result_path(results_dir, preset, budget, seed).exists(), **_trained_under(folder))
+               results=preset is not None and result_path(results_dir, preset, budget, seed).exists(), **_sessions_summary(folder))
     try: p = run_progress(folder)
     except Exception as e: return dict(row, problem=f"unreadable checkpoint: {e}")     # a report never stops at one bad folder
     if p is None: return dict(row, problem="no checkpoint: no epoch has finished yet")

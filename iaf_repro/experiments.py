@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['PRESETS', 'TABLES', 'FIGURE_PRESETS', 'BUDGETS', 'TARGETS', 'TABLE_COLUMNS', 'TABLE_BUDGETS', 'RESULT_FIELDS',
            'DEFAULT_PRESETS', 'Preset', 'get_preset', 'Budget', 'get_budget', 'run_name', 'result_path',
-           'resolve_runs_dir', 'write_atomic', 'write_json', 'training_provenance', 'run', 'published', 'read_result',
-           'build_table', 'table_markdown', 'write_table', 'plot_prior_samples', 'table_figures', 'ensure_run',
-           'trained_model', 'reproduce']
+           'resolve_runs_dir', 'write_atomic', 'write_json', 'training_provenance', 'trained_under', 'run', 'published',
+           'read_result', 'build_table', 'table_markdown', 'write_table', 'plot_prior_samples', 'table_figures',
+           'ensure_run', 'trained_model', 'reproduce']
 
 # %% ../nbs/09_experiments.ipynb #2eaec6d3
 import json
@@ -141,8 +141,9 @@ def training_provenance(run_dir: Path, device: torch.device) -> dict:
     write_json(path, record := dict(record, sessions=sessions))
     return record
 
-def _distinct(values) -> list:
-    return list(dict.fromkeys(values))
+def trained_under(sessions: list[dict], key: str) -> list:
+    "The distinct values of `key` (commit, device, threads) over a run's training sessions, in the order they first trained it."
+    return list(dict.fromkeys(s.get(key) for s in sessions))
 
 # %% ../nbs/09_experiments.ipynb #69ea9969
 def run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto", runs_dir: Path | None = None,
@@ -169,8 +170,8 @@ def run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto",
                    train_seconds=round(float(metrics.seconds.sum()), 2), eval_seconds=round(time.perf_counter() - start, 2),
                    **provenance(dev), trained_commit=trained_by.get("commit", "not recorded"),
                    trained_dirty=trained_by.get("dirty"),
-                   trained_commits=_distinct(s["commit"] for s in trained_by["sessions"]),
-                   trained_devices=_distinct(s["device"] for s in trained_by["sessions"]))
+                   trained_commits=trained_under(trained_by["sessions"], "commit"),
+                   trained_devices=trained_under(trained_by["sessions"], "device"))
     results_dir = Path(results_dir); results_dir.mkdir(parents=True, exist_ok=True)
     write_json(result_path(results_dir, preset, budget, seed), results)
     metrics.to_csv(result_path(results_dir, preset, budget, seed, ".metrics.csv"), index=False)
