@@ -338,7 +338,7 @@ def training_variants(preset: str, images: torch.Tensor, device: torch.device, b
 
 # %% ../nbs/95_bench.ipynb #aec3615d
 REFERENCE = Path(iaf_repro.__file__).resolve().parents[1] / "reference" / "bench_reference.csv"
-TARGETS = dict(train_speedup=1.5, is_speedup=2.0, is_test_minutes=10.0, peak_fraction=0.6)   # issue 4
+TARGETS = dict(train_speedup=1.5, is_speedup=2.0, is_test_minutes=10.0, peak_fraction=0.6)   # the targets this chapter measures against
 
 def load_reference(path: Path = REFERENCE) -> pd.DataFrame:
     "The published reference figures (preset, metric, value, unit, batch size, dtype, source)."
@@ -375,7 +375,7 @@ def plot_bench(frame: pd.DataFrame, reference: pd.DataFrame):
     targets = bench_targets(frame, reference, batch)
     at = np.arange(len(targets))
     ax.bar(at - 0.2, targets.train_img_s, 0.4, color="C0", label=f"ours, {frame.dtype.iloc[0]}, batch {batch}")
-    ax.bar(at + 0.2, targets.reference_img_s, 0.4, color="0.6", label="reference (issue 4), fp32, batch 100")
+    ax.bar(at + 0.2, targets.reference_img_s, 0.4, color="0.6", label="reference, fp32, batch 100")
     ax.scatter(at + 0.2, TARGETS["train_speedup"] * targets.reference_img_s, marker="_", s=300, color="C3", zorder=3,
                label=f"target: {TARGETS['train_speedup']}× reference")
     ax.set_xticks(at, targets.preset, rotation=20)
