@@ -71,7 +71,8 @@ def campaign(presets: list[str], budget: str = "paper", parallel: int = 2, threa
     outcomes = {p: "results exist" for p in names if result_path(results_dir, p, budget, seed).exists()}
     queue, running, passed_on = [p for p in names if p not in outcomes], {}, False
     with StopRequests() as stop:
-        may_start = lambda: not stop.signal and (deadline is None or time.time() < deadline)
+        may_start = lambda: (not stop.signal and (deadline is None or time.time() < deadline)
+                             and "stopped" not in outcomes.values())   # a run stopped at the deadline: no time for another
         while running or (queue and may_start()):
             while queue and len(running) < parallel and may_start():
                 p = queue.pop(0)

@@ -115,3 +115,22 @@ def test_train_command_exits_3_when_its_deadline_stops_it(tmp_path, capsys, monk
     code = main(["train", "static-diag", "--budget", "smoke", "--until", "1s", "--runs", str(tmp_path), "--results", str(tmp_path)])
     assert code == TrainingInterrupted.exit_status == 3 and "training stopped (deadline" in capsys.readouterr().err
     assert parse_duration("2h40m") == 9600
+
+
+class _Exited:
+    "A finished child process, as `campaign` sees one."
+    def __init__(self, returncode): self.returncode = returncode
+    def poll(self): return self.returncode
+    def terminate(self): pass
+
+
+def test_no_run_starts_after_one_was_stopped_by_the_deadline(tmp_path, monkeypatch):
+    import iaf_repro.campaign as campaign_module
+    started = []
+    def start(command, log, threads, nice):
+        started.append(command)
+        return _Exited(TrainingInterrupted.exit_status)            # stopped at the deadline, with time left on the clock
+    monkeypatch.setattr(campaign_module, "_start", start)
+    out = campaign(["static-diag", "static-iaf-d2-w320"], budget="smoke", parallel=1, until="1h",
+                   runs_dir=tmp_path / "runs", results_dir=tmp_path / "results", poll=0.01)
+    assert len(started) == 1 and out.outcome.tolist() == ["stopped", "not started"]
