@@ -245,10 +245,13 @@ def _z_dependence_at(flow: FlowChain, z0: torch.Tensor, h: torch.Tensor | None) 
         J, z = J_t @ J, z_next                                                # chain rule (Eq. 9)
     diag = torch.diagonal(J, dim1=1, dim2=2)
     mean_J, scales = J.mean(0), torch.cat(scales)
+    gated = any(getattr(layer, "learned_sigma", True) for layer in flow.layers)   # constant-sigma steps have no gate
+    no_gate = torch.tensor(math.nan, dtype=J.dtype)
     return dict(offdiag_ratio=((J - torch.diag_embed(diag)).flatten(1).norm(dim=1) / diag.norm(dim=1)).mean(),
                 jacobian_variation=(J - mean_J).flatten(1).norm(dim=1).mean() / mean_J.norm(),
                 shift_spread=torch.stack(shift_spread).mean(), log_scale_spread=torch.stack(log_scale_spread).mean(),
-                gate_mean=scales.mean(), gate_saturated=((1 - scales).abs() < 2**-24).double().mean())
+                gate_mean=scales.mean() if gated else no_gate,
+                gate_saturated=((1 - scales).abs() < 2**-24).double().mean() if gated else no_gate)
 
 # %% ../nbs/04_iaf.ipynb #0492197a
 def z_dependence(flow: FlowChain, mu: torch.Tensor, log_sigma0: torch.Tensor, h: torch.Tensor | None = None,

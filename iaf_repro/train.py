@@ -20,6 +20,7 @@ import statistics
 import tempfile
 import threading
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -234,11 +235,15 @@ def _snapshot(model, ema, optimizer, scheduler, generator, config, run: dict) ->
             "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "rng": rng, "run": run}
 
+STREAM_STRIDE = 1_000_003                          # ours: seeds of a moved run's streams, seed + STREAM_STRIDE * epoch
+
+def _fresh_streams(generator: torch.Generator, config, epoch: int) -> None:
+    "Seed the noise and data streams from the run's seed and `epoch`: how a run moved to another kind of device goes on."
+    torch.manual_seed(config.seed + _rank() + STREAM_STRIDE * epoch); generator.manual_seed(config.seed + STREAM_STRIDE * epoch)
+
 def _restore(path, model, ema, optimizer, scheduler, generator, config) -> dict:
-    "Load a checkpoint into the run's objects after checking it fits them; return its progress record."
+    "Load a checkpoint into the run's objects after checking it fits them; return its progress record (with the move, if it moves device type)."
     state = load_checkpoint(path, generator.device)
-    if state["device_type"] != generator.device.type:
-        raise CheckpointError(f"{path} was written on {state['device_type']}; resume it there (its random generator states are device-specific)")
     changed = {k: (state["config"].get(k), v) for k, v in asdict(config).items() if k not in _RESUMABLE and state["config"].get(k) != v}
     if changed:
         raise CheckpointError(f"{path} was written with a different configuration (field: (checkpoint, now)): {changed}; "
@@ -246,9 +251,16 @@ def _restore(path, model, ema, optimizer, scheduler, generator, config) -> dict:
     _check_same_shapes(state["model"], model.state_dict(), "model weights", path)
     model.load_state_dict(state["model"]); ema.load_state_dict(state["ema"])
     optimizer.load_state_dict(state["optimizer"]); scheduler.load_state_dict(state["scheduler"])
+    run, before, now = state["run"], state["device_type"], generator.device.type
+    if before != now:
+        warnings.warn(f"{path} was written on {before}; training it on {now} from epoch {run['epoch']} with its weights, optimizer "
+                      f"and schedule, and random streams seeded from the seed and the epoch (generator states do not move between devices)")
+        _fresh_streams(generator, config, run["epoch"])
+        run["device_changes"] = run.get("device_changes", []) + [dict(epoch=run["epoch"], before=before, after=now)]
+        return run
     torch.set_rng_state(state["rng"]["torch"].cpu()); generator.set_state(state["rng"]["data"].cpu())
     if "cuda" in state["rng"]: torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), generator.device)
-    return state["run"]
+    return run
 
 # %% ../nbs/07_train.ipynb #dcae3011
 FLOW_DIAGNOSTIC_IMAGES = 8                      # ours: validation images the per-epoch flow diagnostic looks at
@@ -321,8 +333,9 @@ class TrainingInterrupted(Exception):
 
     def __init__(self, reason: str, run_dir: Path, epoch: int):
         self.reason, self.run_dir, self.epoch = reason, Path(run_dir), epoch
-        super().__init__(f"training stopped ({reason}) with epoch {epoch} saved in {run_dir}; "
-                         "run the same training again to resume it exactly")
+        saved = f"with epoch {epoch} saved in {run_dir}" if epoch else f"before its first epoch ended; nothing was saved in {run_dir}"
+        super().__init__(f"training stopped ({reason}) {saved}; run the same training again to "
+                         + ("resume it exactly" if epoch else "start it"))
 
 class StopRequests:
     "A context in which SIGTERM and SIGINT set `signal` (their name) instead of stopping the process; main thread only, previous handlers restored on exit."
@@ -340,10 +353,16 @@ class StopRequests:
     def _request(self, signum, frame): self.signal = signal.Signals(signum).name
 
 # %% ../nbs/07_train.ipynb #9a53fe30
-def _stoppable(batches, stop: StopRequests, run_dir: Path, saved_epoch: int):
-    "The training batches, but a stop request ends the epoch before the next step (the partial epoch is dropped)."
-    for x in batches:
+PACE_STEPS = 20                                   # ours: steps of a run's first epoch before its pace is judged
+
+def _stoppable(batches, stop: StopRequests, run_dir: Path, saved_epoch: int, finish_by: float | None = None, steps: int = 0):
+    "The training batches, but a stop request ends the epoch before the next step (the partial epoch is dropped); so does a pace that, after `PACE_STEPS` of the epoch's `steps`, would end it after `finish_by`."
+    start = time.time()
+    for i, x in enumerate(batches):
         if stop.signal: raise TrainingInterrupted(stop.signal, run_dir, saved_epoch)
+        if finish_by is not None and i == PACE_STEPS and (end := start + (time.time() - start) * steps / i) > finish_by:
+            raise TrainingInterrupted(f"deadline: at this pace the epoch would end {end - finish_by:.0f} s after it",
+                                      run_dir, saved_epoch)
         yield x
 
 def _past_deadline(rows: list[dict], deadline: float | None) -> str | None:
@@ -399,7 +418,8 @@ def train(model: nn.Module, data: BinarizedMNIST, config: TrainConfig, run_dir: 
             start, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
             batches = itertools.islice(data.batches("train", config.batch_size, shuffle=True, generator=generator), config.max_steps_per_epoch)
             with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=not progress) as bar:
-                batches = _stoppable(batches, stop, run_dir, run["epoch"])
+                first_epoch_deadline = deadline if not run["rows"] else None            # later epochs: judged before they start
+                batches = _stoppable(batches, stop, run_dir, run["epoch"], first_epoch_deadline, steps_per_epoch)
                 losses, sums, n = _sum_over_ranks(*train_epoch(model, step_model, ema, batches, optimizer, config, bar))
             host = torch.cat([sums / n, losses]).tolist()                                 # the epoch's one device-to-host sync
             _check_finite(host[3:], epoch, checkpoint, run["epoch"])
