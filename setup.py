@@ -32,7 +32,7 @@ setuptools.setup(
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
     packages=setuptools.find_packages(include=[cfg["lib_name"], cfg["lib_name"] + ".*"]),
-    include_package_data=True,
+    package_data={cfg["lib_name"]: ["reference/*.csv", "reference/*.md"]},   # the published numbers the tables print (importlib.resources)
     python_requires=">=" + min_python,
     install_requires=cfg["requirements"].split(),
     extras_require={"dev": cfg["dev_requirements"].split()},

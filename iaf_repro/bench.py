@@ -24,9 +24,9 @@ import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from importlib import resources
 from pathlib import Path
 
-import iaf_repro
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -337,7 +337,7 @@ def training_variants(preset: str, images: torch.Tensor, device: torch.device, b
                  best_images_per_s=rate(min(s))) for name, (_, s) in runs.items()]
 
 # %% ../nbs/95_bench.ipynb #aec3615d
-REFERENCE = Path(iaf_repro.__file__).resolve().parents[1] / "reference" / "bench_reference.csv"
+REFERENCE = Path(resources.files("iaf_repro") / "reference" / "bench_reference.csv")   # package data
 TARGETS = dict(train_speedup=1.5, is_speedup=2.0, is_test_minutes=10.0, peak_fraction=0.6)   # the targets this chapter measures against
 
 def load_reference(path: Path = REFERENCE) -> pd.DataFrame:

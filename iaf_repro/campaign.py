@@ -141,8 +141,8 @@ def _valid_curve(run_dir: Path) -> pd.DataFrame | None:
 def replication_vlb(preset: str) -> float:
     "The replication's converged test VLB for a static-MNIST table preset (tables replication-T1/T2 of targets.csv); NaN for others."
     p = PRESETS.get(preset)
-    if p is None or p.mnist != "static": return math.nan
-    ref = published("table2" if p.row.endswith("-const") else "table1", p.mnist, p.row)
+    if p is None or p.dataset != "static": return math.nan
+    ref = published("table2" if p.row.endswith("-const") else "table1", p.dataset, p.row)
     return ref["published_vlb"] if ref["published_source"].startswith("replication") else math.nan
 
 # %% ../nbs/09b_campaign.ipynb #eca71b02

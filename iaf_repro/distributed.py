@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from .cifar import CIFAR10
-from .cifar_experiments import CIFAR_BUDGETS, CIFAR_PRESETS, cifar_run
+from .experiments import CIFAR_BUDGETS, CIFAR_PRESETS, run
 from .resnet_vae import ResNetConfig, ResNetVAE
 from .train import TrainConfig, bound_terms, free_bits_objective, load_checkpoint, train
 
@@ -44,12 +44,12 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m iaf_repro.distributed", description="Data-parallel CIFAR-10 training (run under torchrun).")
     p.add_argument("preset", choices=list(CIFAR_PRESETS)); p.add_argument("--budget", default="smoke", choices=list(CIFAR_BUDGETS))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--runs-dir", type=Path, default=Path("runs")); p.add_argument("--results-dir", type=Path, default=Path("figures/tables/runs"))
+    p.add_argument("--runs-dir", type=Path, default=None); p.add_argument("--results-dir", type=Path, default=Path("figures/tables/runs"))
     args = p.parse_args(argv)
     rank, world, device = init_distributed()
     try:
-        results = cifar_run(args.preset, args.budget, args.seed, device=str(device), runs_dir=args.runs_dir, results_dir=args.results_dir,
-                            progress=rank == 0, rank=rank, world=world, step_wrapper=ddp_wrapper(device))
+        results = run(args.preset, args.budget, args.seed, device=str(device), runs_dir=args.runs_dir, results_dir=args.results_dir,
+                      progress=rank == 0, rank=rank, world=world, step_wrapper=ddp_wrapper(device))
         if rank == 0: print(f"{args.preset} at {args.budget} on {world} processes: {results['bits_per_dim']:.3f} bits/dim")
     finally:
         dist.destroy_process_group()

@@ -49,7 +49,7 @@ def test_the_package_root_gives_the_flows():
 def test_cifar_commands_are_registered(tmp_path, monkeypatch, capsys):
     assert {"cifar_data", "discretized_logistic", "cifar_simple", "resnet_vae"} <= set(CHAPTERS)
     assert main(["train", "cifar-nope", "--budget", "smoke"]) == 2
-    assert "unknown CIFAR preset" in capsys.readouterr().err
+    assert "unknown preset 'cifar-nope'" in capsys.readouterr().err
     monkeypatch.chdir(tmp_path)
     (tmp_path / "figures" / "tables" / "runs").mkdir(parents=True)
     assert main(["table", "cifar"]) == 0

@@ -5,9 +5,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from iaf_repro.cifar_experiments import CIFAR_RESULT_FIELDS
-from iaf_repro.experiments import (BUDGETS, PRESETS, RESULT_FIELDS, TABLES, TARGETS, build_table, get_budget, get_preset, published,
-                                   ensure_run, read_result, result_path, run, run_name, table_markdown, write_table)
+from iaf_repro.experiments import (BUDGETS, CIFAR_RESULT_FIELDS, PRESETS, RESULT_FIELDS, TABLES, TARGETS, build_table, get_budget, get_preset,
+                                   published, ensure_run, read_result, result_path, run, run_name, table_markdown, write_table)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_TARGETS = ROOT.parent / "shared" / "reference" / "targets.csv"
@@ -19,9 +18,9 @@ def test_published_numbers_are_a_verbatim_copy_of_the_shared_reference():
 
 
 def test_every_preset_has_published_numbers_where_a_source_exists():
-    for name in TABLES["table1"]:
+    for name in TABLES["table1"].presets:
         p = PRESETS[name]
-        numbers = published("table1", p.mnist, p.row)
+        numbers = published("table1", p.dataset, p.row)
         has_source = p.row.startswith(("diag", "iaf"))
         assert pd.notna(numbers["published_vlb"]) == has_source, name
 
@@ -61,7 +60,7 @@ def test_committed_results_files_pass_the_checks():
 
 def _fake_result(results_dir, preset, budget, vlb):
     p = PRESETS[preset]
-    result = dict(run=run_name(preset, budget, 0), preset=preset, budget=budget, seed=0, mnist=p.mnist, row=p.row,
+    result = dict(run=run_name(preset, budget, 0), preset=preset, budget=budget, seed=0, mnist=p.dataset, row=p.row,
                   label=p.label, epochs=3, eval_images=100, is_samples=128, vlb=vlb, vlb_se=0.5, log_px=vlb + 2,
                   log_px_se=0.4, gap=2.0, best_epoch=3, threads=1, train_seconds=1.0, eval_seconds=1.0, device="cpu", commit="abc",
                   trained_commit="abc", dirty=False)
@@ -108,7 +107,7 @@ def test_smoke_run_writes_results_with_provenance(tmp_path):
 
 
 def test_ensure_run_calls_the_given_runner_only_while_the_results_file_is_missing(tmp_path):
-    "A CIFAR-10 reproduction passes `cifar_run` as the runner; any runner is called once, then its results are read back."
+    "A stand-in runner (here for a CIFAR-10 preset) is called once, then its results are read back."
     calls = []
     def runner(preset, budget, seed, device, runs_dir, results_dir):
         calls.append((preset, budget, seed))
@@ -126,4 +125,4 @@ def test_the_committed_tables_are_the_ones_the_committed_results_give(table, tmp
     write_table(table, ROOT / "figures" / "tables" / "runs", tmp_path)
     for suffix in (".md", ".csv"):
         committed = (ROOT / "figures" / "tables" / f"{table}{suffix}").read_text()
-        assert (tmp_path / f"{table}{suffix}").read_text() == committed, f"run `iaf-repro table {table[-1]}` and commit {table}{suffix}"
+        assert (tmp_path / f"{table}{suffix}").read_text() == committed, f"run `iaf-repro table {'cifar' if 'cifar10' in TABLES[table].datasets else table[-1]}` and commit {table}{suffix}"

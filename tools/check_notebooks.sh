@@ -9,6 +9,8 @@ cp -r "$root/settings.ini" "$root/nbs" "$scratch/"
 mkdir "$scratch/iaf_repro"
 # __init__.py is the one hand-written file (package-root re-exports); nbdev rewrites only its version line.
 cp "$root/iaf_repro/__init__.py" "$scratch/iaf_repro/"
+# reference/ is package data (the published numbers the tables print), not generated from a notebook.
+cp -r "$root/iaf_repro/reference" "$scratch/iaf_repro/"
 cd "$scratch"
 nbdev_export
 nbdev_clean
