@@ -1,0 +1,209 @@
+"""Continue campaign runs on a lent GPU for one call of the `device` tool, and bring them back (issue 13).
+
+A call of the device tool carries the checkout (64 MiB in all, ignored folders named in `carry` included) and
+brings back at most 8 files of 16 MiB from $OUT. A paper-budget run folder is 13-35 MB, so a leg takes the
+folders of a few runs, trains them on the GPU until a deadline, and returns them as one tar in 15 MiB parts.
+The runs' checkpoints move between kinds of device as chapter 07 describes ("Moving a run to another kind of
+device"): weights, optimizer and schedule carry over, the random streams restart from the seed and the epoch.
+
+    # here: stop the local campaign, then stage the runs, the data and the wheels the GPU machine lacks
+    python tools/gpu_leg.py pack static-diag__paper__s0 static-iaf-d2-w320__paper__s0
+    # here, as a rehearsal on the CPU (a minute), then on the GPU through the device tool, carry [".device-data"]:
+    python3 tools/gpu_leg.py train --until 1m --device cpu --out /tmp/leg-out
+    python3 tools/gpu_leg.py train --until 8m --device cuda --out $OUT
+    # here, with the folder the device tool put the files in:
+    python tools/gpu_leg.py unpack FILES_AT
+
+`unpack` checks every run it brings back against the local folder (the checkpoint loads, the epochs only grew, the
+local metrics are the start of the new ones), keeps the local folder under `<runs>/../superseded/`, and never
+deletes run state.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE = ROOT / ".device-data"                   # ignored by git; the device tool's `carry` names it
+CARRY_LIMIT = 64 * 2**20                        # the device tool: what travels, checkout and carried folders together
+PART_SIZE = 15 * 2**20                          # the device tool: files back are at most 16 MiB each ...
+MAX_PARTS = 8                                   # ... and at most 8 of them
+WHEELS = ("fastcore",)                          # iaf_repro's requirements the GPU machine's image lacks
+
+
+def runs_dir() -> Path:
+    "The local runs folder, as the package resolves it: $IAF_REPRO_RUNS, else ~/.cache/iaf_repro/runs."
+    return Path(os.environ.get("IAF_REPRO_RUNS", Path.home() / ".cache" / "iaf_repro" / "runs"))
+
+
+def parse_run(name: str) -> tuple[str, str, int]:
+    "`<preset>__<budget>__s<seed>` -> (preset, budget, seed)."
+    parts = name.split("__")
+    if len(parts) != 3 or not parts[2].startswith("s") or not parts[2][1:].isdigit():
+        raise SystemExit(f"{name!r} is not a run name (<preset>__<budget>__s<seed>, as `iaf-repro status` lists them)")
+    return parts[0], parts[1], int(parts[2][1:])
+
+
+def check_idle(folder: Path) -> None:
+    "Refuse a run folder that a trainer holds (the lock `train` takes), or that has no checkpoint to carry."
+    if not (folder / "checkpoint.pt").exists(): raise SystemExit(f"{folder} holds no checkpoint.pt: nothing to continue")
+    fd = os.open(folder, os.O_RDONLY)
+    try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError: raise SystemExit(f"{folder} is being trained; stop its campaign first (SIGTERM), then pack") from None
+    finally: os.close(fd)
+
+
+def checkout_bytes() -> int:
+    "Bytes of what the device tool sends besides the carried folders: tracked and untracked-not-ignored files."
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    return sum((ROOT / f).stat().st_size for f in files.decode().split("\0") if f and (ROOT / f).is_file())
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def pack(runs: list[str], source: Path, data: Path, stage: Path = STAGE, wheels: bool = True) -> dict:
+    "Stage run folders, the static-MNIST data and the missing wheels in `stage`; refuse if the call would exceed the carry limit."
+    for name in runs: parse_run(name); check_idle(source / name)
+    if stage.exists(): shutil.rmtree(stage)                                    # our own staging copy, not run state
+    (stage / "data").mkdir(parents=True)
+    for name in runs: shutil.copytree(source / name, stage / "runs" / name)
+    shutil.copy2(data / "binarized_mnist.npz", stage / "data")
+    if wheels:
+        pins = [f"{w}=={importlib.metadata.version(w)}" for w in WHEELS]
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", stage / "wheels", *pins], check=True)
+    plan = dict(runs=runs, created=time.strftime("%Y-%m-%d %H:%M:%S"),
+                epochs={name: epoch_of(stage / "runs" / name) for name in runs})
+    (stage / "leg.json").write_text(json.dumps(plan, indent=1))
+    total = checkout_bytes() + folder_bytes(stage)
+    if total > CARRY_LIMIT:
+        raise SystemExit(f"the call would carry {total / 2**20:.1f} MiB, over the device tool's {CARRY_LIMIT / 2**20:.0f} MiB: pack fewer runs")
+    return dict(plan, carry_mib=round(total / 2**20, 1))
+
+
+def epoch_of(folder: Path) -> int:
+    "The last finished epoch of a run folder, from its metrics.csv (0 when it has none)."
+    path = folder / "metrics.csv"
+    return max(len(path.read_text().strip().splitlines()) - 1, 0) if path.exists() else 0
+
+
+def train(until: str, device: str, out: Path, stage: Path = STAGE, threads: int = 4) -> int:
+    "On the device: train the staged runs with `iaf-repro campaign` until `until`, then tar them into `out` in parts."
+    plan = json.loads((stage / "leg.json").read_text())
+    groups = {parse_run(name)[1:] for name in plan["runs"]}
+    if len(groups) != 1: raise SystemExit(f"a leg trains runs of one budget and seed; these have {sorted(groups)}")
+    (budget, seed), = groups
+    env = dict(os.environ, IAF_REPRO_DATA=str(stage / "data"), IAF_REPRO_RUNS=str(stage / "runs"), PYTHONUNBUFFERED="1")
+    if (stage / "wheels").exists():
+        site = Path(tempfile.mkdtemp(prefix="leg-site-"))
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--target", site,
+                        *sorted((stage / "wheels").glob("*.whl"))], check=True)
+        env["PYTHONPATH"] = os.pathsep.join([str(site), str(ROOT), env.get("PYTHONPATH", "")])
+    presets = [parse_run(name)[0] for name in plan["runs"]]
+    start = time.time()
+    status = subprocess.run([sys.executable, "-m", "iaf_repro.cli", "campaign", *presets, "--budget", budget, "--seed", str(seed),
+                             "--parallel", str(len(presets)), "--threads", str(threads), "--device", device, "--until", until,
+                             "--runs", str(stage / "runs"), "--results", str(stage / "results")], env=env, cwd=ROOT).returncode
+    plan.update(device=device, trained_seconds=round(time.time() - start), campaign_status=status,
+                epochs_after={name: epoch_of(stage / "runs" / name) for name in plan["runs"]})
+    (stage / "leg.json").write_text(json.dumps(plan, indent=1))
+    write_parts(stage, ["leg.json", "runs", *(["results"] if (stage / "results").exists() else [])], out)
+    print(json.dumps({k: plan[k] for k in ("epochs", "epochs_after", "trained_seconds", "campaign_status")}))
+    return status
+
+
+def write_parts(stage: Path, members: list[str], out: Path, part_size: int = PART_SIZE) -> list[Path]:
+    "One tar of `members` of `stage`, cut into `out/leg.tar.partNN` files of at most `part_size` bytes."
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tar = Path(tmp) / "leg.tar"
+        with tarfile.open(tar, "w") as t:
+            for m in members: t.add(stage / m, arcname=m)
+        n = -(-tar.stat().st_size // part_size)
+        if n > MAX_PARTS: raise SystemExit(f"{tar.stat().st_size / 2**20:.1f} MiB does not come back in {MAX_PARTS} parts: carry fewer runs")
+        parts = []
+        with open(tar, "rb") as f:
+            for i in range(n):
+                parts.append(out / f"leg.tar.part{i:02d}"); parts[-1].write_bytes(f.read(part_size))
+    return parts
+
+
+def read_parts(folder: Path, into: Path) -> None:
+    "Join `folder/leg.tar.partNN` and extract it into `into`, refusing members outside it."
+    parts = sorted(Path(folder).glob("leg.tar.part*"))
+    if not parts: raise SystemExit(f"no leg.tar.partNN files in {folder}")
+    tar = into / "leg.tar"
+    with open(tar, "wb") as f:
+        for p in parts: f.write(p.read_bytes())
+    with tarfile.open(tar) as t: t.extractall(into, filter="data")          # "data": no absolute paths, links or `..`
+
+
+def check_continuation(local: Path, new: Path) -> None:
+    "Refuse `new` unless its checkpoint loads, it has at least the local epochs, and the local metrics are its first rows."
+    import pandas as pd
+    import torch
+    try: torch.load(new / "checkpoint.pt", map_location="cpu", weights_only=True)
+    except Exception as e: raise SystemExit(f"{new / 'checkpoint.pt'} does not load ({e}); the local run is untouched") from None
+    if not local.exists(): return
+    old, now = pd.read_csv(local / "metrics.csv"), pd.read_csv(new / "metrics.csv")
+    if len(now) < len(old) or not now.iloc[: len(old)].equals(old):
+        raise SystemExit(f"{local} trained on after it was packed (or is another run): its {len(old)} epochs are not the start of the "
+                         f"{len(now)} brought back; nothing was changed")
+
+
+def unpack(files: Path, runs: Path, results: Path, superseded: Path | None = None) -> dict:
+    "Check the runs brought back and put them in `runs` (the local folders kept in `superseded`), their results in `results`."
+    superseded = superseded or runs.parent / "superseded"
+    with tempfile.TemporaryDirectory(dir=runs.parent) as tmp:
+        read_parts(files, Path(tmp))
+        plan = json.loads((Path(tmp) / "leg.json").read_text())
+        for name in plan["runs"]: check_continuation(runs / name, Path(tmp) / "runs" / name)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for name in plan["runs"]:
+            if (runs / name).exists():
+                superseded.mkdir(parents=True, exist_ok=True)
+                (runs / name).rename(superseded / f"{name}.before-{plan.get('device', 'leg')}-{stamp}")
+            (Path(tmp) / "runs" / name).rename(runs / name)
+            log = Path(tmp) / "runs" / f"{name}.log"                            # the leg's training log, after the local one
+            if log.exists():
+                with open(runs / f"{name}.log", "a") as f: f.write(f"\n--- {plan.get('device', 'leg')} leg, unpacked {stamp} ---\n{log.read_text()}")
+        if (Path(tmp) / "results").exists():
+            results.mkdir(parents=True, exist_ok=True)
+            for f in (Path(tmp) / "results").iterdir(): shutil.copy2(f, results / f.name)
+    return plan
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pack", help="stage run folders, data and wheels in .device-data (here)")
+    p.add_argument("runs", nargs="+", help="run names, <preset>__<budget>__s<seed>")
+    p.add_argument("--data", type=Path, default=Path(os.environ.get("IAF_REPRO_DATA", ROOT.parent / "shared" / "data")))
+    t = sub.add_parser("train", help="train the staged runs until a deadline and write leg.tar parts (on the device)")
+    t.add_argument("--until", required=True, help="how long to train, e.g. 8m")
+    t.add_argument("--device", default="cuda", help="cuda on the device; cpu for the rehearsal here")
+    t.add_argument("--out", type=Path, required=True, help="folder for the leg.tar parts ($OUT on the device)")
+    t.add_argument("--threads", type=int, default=4, help="CPU threads of each run (default: 4)")
+    u = sub.add_parser("unpack", help="check the runs brought back and put them in the runs folder (here)")
+    u.add_argument("files", type=Path, help="the folder holding leg.tar.partNN (the device tool's files_at)")
+    u.add_argument("--results", type=Path, default=ROOT / "figures" / "tables" / "runs")
+    args = ap.parse_args(argv)
+    if args.command == "pack": print(json.dumps(pack(args.runs, runs_dir(), args.data), indent=1))
+    elif args.command == "train": return train(args.until, args.device, args.out, threads=args.threads)
+    else: print(json.dumps(unpack(args.files, runs_dir(), args.results), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
