@@ -14,8 +14,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-from matplotlib.colors import PowerNorm
 import pandas as pd
 import torch
 import torch.distributions as td
@@ -144,6 +142,7 @@ _STYLE = {"MAF density": ("C0", "-", "o"), "IAF sample": ("C0", "--", "s"),     
 
 def plot_costs(costs: pd.DataFrame):
     "Log-log plots of median wall time and of MADE passes against D for the four operations on one network."
+    import matplotlib.pyplot as plt
     fig, (ax_t, ax_p) = plt.subplots(1, 2, figsize=(11.5, 4.2), constrained_layout=True)
     for name, rows in costs.groupby("operation", sort=False):
         color, ls, marker = _STYLE[name]
@@ -242,6 +241,8 @@ def _pixel_density(log_prob, lim: float, n_grid: int, supersample: int, pixel_ro
 def plot_kl_fits(target: td.Distribution, maf: tuple, iaf: tuple, lim: float = 4.5, n_grid: int = 200,
                  supersample: int = 8, n_kl: int = 20_000):
     "Density heatmaps (pixel averages): target | MAF fitted by forward KL | IAF fitted by reverse KL, with both KLs in each title."
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import PowerNorm
     means = target.component_distribution.base_dist.loc                      # [K, 2]
     densities = [_pixel_density(log_prob, lim, n_grid, supersample) for log_prob in
                  [target.log_prob, lambda x: maf_log_prob(maf[0], x, base=maf[1]), lambda x: iaf_log_prob_of(iaf[0], x, base=iaf[1])]]

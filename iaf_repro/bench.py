@@ -27,7 +27,6 @@ from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -369,6 +368,7 @@ def bench_targets(frame: pd.DataFrame, reference: pd.DataFrame, batch_size: int 
 # %% ../nbs/95_bench.ipynb #302653ab
 def plot_bench(frame: pd.DataFrame, reference: pd.DataFrame):
     "Training images/s vs the reference (left) and achieved GFLOP/s vs FLOPs per image under the measured peak (right)."
+    import matplotlib.pyplot as plt
     fig, (ax, ax_roof) = plt.subplots(1, 2, figsize=(13, 4.6), constrained_layout=True)
     trained = frame[frame.measurement == "train"].batch_size
     batch = 100 if (trained == 100).any() else trained.max()                    # quick runs use a smaller batch

@@ -9,7 +9,6 @@ __all__ = ['BLOG_PRESETS', 'blog_table', 'blog_markdown', 'write_blog_table', 'p
 import tempfile
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from .utils import save_figure
@@ -73,6 +72,7 @@ def write_blog_table(results_dir: Path = Path("figures/tables/runs"), out_dir: P
 # %% ../nbs/14_blog_table.ipynb #d395fff4
 def plot_blog_curves(results_dir: Path = Path("figures/tables/runs"), budget: str = "cpu", seed: int = 0):
     "Training and validation loss per epoch of our two thresholded-MNIST runs, the blog's final losses as dotted lines."
+    import matplotlib.pyplot as plt
     df = blog_table(results_dir, budget, seed)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True, sharey=True)
     for ax, (split, name) in zip(axes, [("train", "training"), ("valid", "validation")]):

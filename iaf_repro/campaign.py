@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from .utils import provenance, save_figure
@@ -148,6 +147,7 @@ def replication_vlb(preset: str) -> float:
 # %% ../nbs/09b_campaign.ipynb #eca71b02
 def plot_campaign_progress(curves: dict[str, pd.DataFrame], references: dict[str, float]):
     "Validation VLB against epoch, a line per run, each run's reference VLB (if any) dashed in its colour."
+    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(9, 5), constrained_layout=True)
     for i, (name, curve) in enumerate(curves.items()):
         ax.plot(curve.epoch, curve.valid_vlb, "o-", ms=2, lw=1.2, color=f"C{i % 10}", label=name)

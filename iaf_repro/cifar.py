@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hashlib
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from fastcore.basics import patch
@@ -131,6 +130,7 @@ def cifar_subset(data: CIFAR10, train_images: int | None = None, eval_images: in
 # %% ../nbs/20_cifar_data.ipynb #bc68e446
 def plot_cifar_grid(images: torch.Tensor, labels: torch.Tensor, per_class: int = 6):
     "The first `per_class` images of each class, one class per row."
+    import matplotlib.pyplot as plt
     fig, axes = plt.subplots(10, per_class, figsize=(1.2 * per_class, 12.5))
     for c in range(10):
         picks = torch.nonzero(labels == c).flatten()[:per_class]

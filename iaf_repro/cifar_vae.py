@@ -11,7 +11,6 @@ import os
 import time
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 from fastcore.basics import patch
 from torch import nn
@@ -119,6 +118,7 @@ SIMPLE_PRESETS = {   # replication Table 3 row key (reference/targets.csv) -> (l
 # %% ../nbs/22_cifar_simple.ipynb #e435a004
 def plot_images(rows: dict[str, torch.Tensor], n: int = 8, title: str = ""):
     "A grid of uint8 images `[N, 3, 32, 32]`, one labelled row per entry of `rows`."
+    import matplotlib.pyplot as plt
     fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n, 1.45 * len(rows)), squeeze=False)
     for r, (label, images) in enumerate(rows.items()):
         for c in range(n):

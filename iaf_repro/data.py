@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
@@ -202,6 +201,7 @@ def static_test_labels(root: Path | str | None = None, download: bool = True) ->
 # %% ../nbs/05_data.ipynb #d64e5739
 def plot_binarizations(grey_train: torch.Tensor, n: int = 4, seed: int = 0):
     "Grid of `n` digits: the grey level, two dynamic draws, and the thresholded image."
+    import matplotlib.pyplot as plt
     g = torch.Generator().manual_seed(seed)
     grey = grey_train[:n].cpu()
     rows = {"grey level p": grey, "dynamic draw 1": torch.bernoulli(grey, generator=g),

@@ -10,7 +10,6 @@ __all__ = ['LOG_2PI', 'check_batch', 'check_context', 'check_broadcast', 'log_no
 import math
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch import nn
@@ -77,6 +76,7 @@ def _cubic_naive_log_density(y):
 # %% ../nbs/00_change_of_variables.ipynb #87cda215
 def plot_change_of_variables_1d(samples, log_density, naive_log_density, xlim=(-4, 4), ax=None):
     "Histogram of pushed-forward `samples` against the change-of-variables density and a naive one."
+    import matplotlib.pyplot as plt
     ax = ax or plt.subplots(figsize=(6.5, 3.8))[1]
     bins = 120
     per_sample = np.full(len(samples), bins / ((xlim[1] - xlim[0]) * len(samples)))   # density over ALL samples,
@@ -129,6 +129,7 @@ def flow_log_prob(log_q0: torch.Tensor, log_det: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/00_change_of_variables.ipynb #cc83a2d2
 def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
     "Render this chapter's figures into `out_dir` (`quick`: fewer samples, for tests)."
+    import matplotlib.pyplot as plt
     g = torch.Generator().manual_seed(0)
     x = torch.randn(20_000 if quick else 400_000, generator=g, dtype=torch.float64)
     fig, ax = plt.subplots(figsize=(6.5, 3.8))

@@ -10,7 +10,6 @@ __all__ = ['BIN_HALF_WIDTH', 'CIFAR_DIMS', 'to_unit', 'discretized_logistic_log_
 import math
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -75,6 +74,7 @@ class DiscretizedLogistic(nn.Module):
 # %% ../nbs/21_discretized_logistic.ipynb #f2c6d9a8
 def plot_bin_probabilities(mus=(-0.9, 0.0, 0.97), log_scales=(-3.0, -1.5)):
     "The 256 bin probabilities of Eq. 1 for a few locations and scales, edge bins included."
+    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(9, 3.6))
     bins = torch.arange(256, dtype=torch.uint8)
     for i, (m, ls) in enumerate((m, ls) for ls in log_scales for m in mus):

@@ -11,7 +11,6 @@ import math
 from pathlib import Path
 from typing import Callable
 
-import matplotlib.pyplot as plt
 import torch
 from fastcore.basics import patch
 from torch.distributions import MultivariateNormal, kl_divergence
@@ -200,6 +199,7 @@ def _iwae_experiment(ks: list[int], replicates: int, seed: int = 1):
 # %% ../nbs/01_elbo_lotus.ipynb #5e5d8e84
 def plot_iwae_bound_vs_k(ks: list[int], bounds: dict, log_px: float, elbos: dict | None = None, ax=None):
     "IWAE estimates (mean +- 2 s.e. over replicates, `bounds[name]: [len(ks), R]`) against K, with log p(x) and ELBOs."
+    import matplotlib.pyplot as plt
     ax = ax or plt.subplots(figsize=(6.5, 4))[1]
     ax.axhline(log_px, color="k", lw=1.5, label=r"exact $\log p(x)$")
     for i, (name, values) in enumerate(bounds.items()):
@@ -234,6 +234,7 @@ def importance_sampled_log_px(draw_log_w: Callable[[int], torch.Tensor], k: int,
 # %% ../nbs/01_elbo_lotus.ipynb #bc6e6837
 def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
     "Render this chapter's figure (IWAE bound vs K) into `out_dir` (`quick`: fewer samples, for tests)."
+    import matplotlib.pyplot as plt
     ks = [4**i for i in range(5 if quick else 7)]
     bounds, elbos, log_px = _iwae_experiment(ks, replicates=50 if quick else 400)
     fig, ax = plt.subplots(figsize=(6.5, 4))

@@ -12,10 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-import matplotlib.pyplot as plt
 import pandas as pd
 import torch
-from matplotlib.lines import Line2D
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -111,6 +109,8 @@ def _metrics(run) -> pd.DataFrame:
 
 def plot_training_curves(runs: dict, title: str = "Training curves: the two terms of the bound"):
     "Reconstruction -E log p(x|z) and KL per epoch, train dashed and validation solid, one colour per run (`runs`: name -> frame or run folder)."
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     fig, (ax_recon, ax_kl) = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
     for i, (name, run) in enumerate(runs.items()):
         m = _metrics(run)
@@ -129,6 +129,7 @@ def plot_training_curves(runs: dict, title: str = "Training curves: the two term
 def plot_reconstructions(models, images: torch.Tensor, n: int = 8, seed: int = 0,
                          title: str = "Test images, reconstructions and per-pixel errors"):
     "Originals, Bernoulli-mean reconstructions and |x - x_hat| maps of `n` images evenly spaced through `images [N, 1, H, W]`, for one model or a dict name -> model."
+    import matplotlib.pyplot as plt
     models = models if isinstance(models, dict) else {"model": models}
     x = evenly_spaced(images, positive_int(n, "n")).cpu()
     rows = [("original $x$", x, None)]
@@ -152,6 +153,7 @@ def plot_reconstructions(models, images: torch.Tensor, n: int = 8, seed: int = 0
 # %% ../nbs/08_evaluate.ipynb #40a834c0
 def plot_log_px_by_k(curves: dict):
     "Mean IS log p(x) against K (left) and its shortfall from the largest K (right, paired +- 2 s.e.); `curves`: name -> `log_px_by_k` frame."
+    import matplotlib.pyplot as plt
     fig, (ax, ax_short) = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
     for i, (name, frame) in enumerate(curves.items()):
         ax.errorbar(frame.k, frame.log_px, yerr=2 * frame.log_px_se, color=f"C{i}", marker="o", ms=4, capsize=3, label=name)

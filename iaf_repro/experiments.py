@@ -20,7 +20,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from torch import nn
@@ -380,6 +379,7 @@ def write_table(table: str, results_dir: Path = Path("figures/tables/runs"), out
 # %% ../nbs/09_experiments.ipynb #71d28306
 def plot_prior_samples(models: dict, n: int = 10, seed: int = 0, title: str = "Samples from the prior"):
     "A row per model of `n` decoded Bernoulli means E[x|z], z ~ N(0, I), with the same z for every model of equal latent size."
+    import matplotlib.pyplot as plt
     fig, axes = plt.subplots(len(models), n, figsize=(1.3 * n, 1.45 * len(models) + 0.4), squeeze=False, constrained_layout=True)
     for row, (name, model) in zip(axes, models.items()):
         images = model.sample(n, generator=torch.Generator().manual_seed(seed)).cpu()

@@ -12,11 +12,9 @@ import math
 import time
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.patches import Patch, Rectangle
 from tqdm.auto import tqdm
 
 from .data import evenly_spaced, load_mnist, static_test_labels
@@ -126,6 +124,8 @@ def _draw_regions(ax, axis, densities: torch.Tensor, title: str, prior: torch.Te
 
 def plot_four_image_posteriors(images: torch.Tensor, labels: torch.Tensor, fits: dict, limit: float = 4.0, n: int = 200):
     "Prior, images, and per model q(z|x) beside p(z|x) on the grid, plus KL(q‖p(z|x)) per image. `fits`: name -> (report, log_q, log_post)."
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch, Rectangle
     z, axis, _ = latent_grid(limit, n)
     prior = log_standard_normal(z).exp()
     fig = plt.figure(figsize=(16, 8), constrained_layout=True)

@@ -13,12 +13,9 @@ import copy
 import math
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
-from matplotlib.colors import LogNorm
 from torch import nn
 
 from .density import FlowChain, check_batch, check_context, flow_log_prob, log_normal_diag, log_standard_normal
@@ -200,6 +197,7 @@ def fit_funnel(learned_sigma: bool, c: float = 2.0, n_steps: int = 800, hidden_s
 # %% ../nbs/04_iaf.ipynb #911999cf
 def plot_funnel_fits(fits: dict, c: float = 2.0, n_samples: int = 2000, seed: int = 0):
     "Samples of the funnel and of its learned-σ and constant-σ IAF fits, plus the fits' loss curves (Eq. 15-16)."
+    import matplotlib.pyplot as plt
     g = torch.Generator().manual_seed(seed)
     x1 = torch.randn(n_samples, generator=g)
     target = torch.stack([x1, (c * x1 / 2).exp() * torch.randn(n_samples, generator=g)], 1)
@@ -313,8 +311,9 @@ class AffineIAFStep(IAFStep):
 IAF_STEPS = {"gated": IAFStep, "affine": AffineIAFStep}   # VAEConfig.iaf_step -> the step class
 
 # %% ../nbs/04_iaf.ipynb #b5e96858
-def plot_z_study(study: pd.DataFrame):
+def plot_z_study(study: "pd.DataFrame"):
     "Per IAF variant of the study table (index: variant): its z-dependence (Eq. 17, log scale) and its test VLB and gap minus the diagonal model's (±1 s.e.)."
+    import matplotlib.pyplot as plt
     rows = study.drop(index="diag", errors="ignore")
     y = np.arange(len(rows))
     fig, (ax_z, ax_d) = plt.subplots(1, 2, figsize=(13, 0.55 * len(rows) + 1.8), sharey=True, constrained_layout=True)
@@ -335,6 +334,8 @@ def plot_z_study(study: pd.DataFrame):
 # %% ../nbs/04_iaf.ipynb #9df1dd74
 def plot_iaf_jacobians(D: int = 6, hidden_sizes: list[int] = (24, 24), seed: int = 0):
     "Heatmaps of |dz_new/dz| for one step, a reversed step, two same-order steps and two reversed steps, at initialisation (IAF Sec. 4)."
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
     torch.manual_seed(seed)
     first, second = IAFStep(D, hidden_sizes=hidden_sizes).double(), IAFStep(D, hidden_sizes=hidden_sizes, reverse=True).double()
     same = IAFStep(D, hidden_sizes=hidden_sizes).double()
@@ -362,6 +363,7 @@ def _ellipse(mean, cov, n_std=2.0, n=200):
 # %% ../nbs/04_iaf.ipynb #1acf0ae9
 def plot_linear_iaf(n_steps: int = 300, n_samples: int = 3000, seed: int = 0):
     "Appendix A: samples vs Eq. 12 covariance, reverse-KL fit curves, fitted vs target contours (IAF App. A)."
+    import matplotlib.pyplot as plt
     step = LinearIAFStep(2)
     with torch.no_grad(): step.W[1, 0] = 6.0; step.s.fill_(2.0)
     sigma0 = torch.tensor([1.0, 0.6])
@@ -399,6 +401,7 @@ def plot_linear_iaf(n_steps: int = 300, n_samples: int = 3000, seed: int = 0):
 # %% ../nbs/04_iaf.ipynb #a245f3b7
 def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
     "Render this chapter's figures (Jacobian patterns, linear-IAF covariance, learned vs constant σ; the step study, if `out_dir/tables/iaf_z_study.csv` exists) into `out_dir`."
+    import pandas as pd
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     funnel_steps = 100 if quick else 1500
     figures = {"iaf_jacobians.png": plot_iaf_jacobians(),

@@ -9,7 +9,6 @@ __all__ = ['CONTEXT_DEGREE', 'made_degrees', 'made_masks', 'MaskedLinear', 'MADE
 # %% ../nbs/03_made.ipynb #ed11245d
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -90,6 +89,7 @@ def autoregressive_violations(jac_z: torch.Tensor, order: torch.Tensor) -> int:
 # %% ../nbs/03_made.ipynb #69dd7515
 def plot_made_masks(made: MADE):
     "Heatmaps of each layer's mask, ticks labelled by unit degree, and of the input-to-output connectivity."
+    import matplotlib.pyplot as plt
     masks = [m.mask for m in made.net if isinstance(m, MaskedLinear)]
     degrees = made_degrees(made.D, [m.shape[0] for m in masks[:-1]], made.order, made.context_dim > 0)
     inputs = [f"z{j + 1}" for j in range(made.D)] + [f"h{c + 1}" for c in range(made.context_dim)]

@@ -9,10 +9,8 @@ __all__ = ['MANIFOLD_PRESETS', 'quantile_grid', 'decoded_manifold', 'posterior_m
 import tempfile
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.colors import BoundaryNorm, ListedColormap
 
 from .data import load_mnist, static_test_labels
 from .utils import save_figure, seeded
@@ -48,12 +46,13 @@ def posterior_means(model: VAE, images: torch.Tensor, k: int = 64, batch_size: i
     return torch.cat(means)
 
 # %% ../nbs/13_latent_manifold.ipynb #db8e787a
-_DIGIT_COLOURS = ListedColormap(plt.get_cmap("tab10").colors)
-
 def plot_latent_manifold(models: dict, images: torch.Tensor, labels: torch.Tensor, n: int = 20, k: int = 64):
     "Per model (a column): the decoded quantile grid above, the test images' posterior means coloured by digit below."
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+    digit_colours = ListedColormap(plt.get_cmap("tab10").colors)                       # one colour per digit 0-9
     fig, axes = plt.subplots(2, len(models), figsize=(6.2 * len(models), 12.5), constrained_layout=True, squeeze=False)
-    norm = BoundaryNorm(np.arange(-0.5, 10), _DIGIT_COLOURS.N)
+    norm = BoundaryNorm(np.arange(-0.5, 10), digit_colours.N)
     means = {name: posterior_means(model, images, k) for name, model in models.items()}
     limit = max(m.abs().quantile(0.999).item() for m in means.values()) * 1.05        # one scale for every panel
     ticks, z = np.arange(n) * 28 + 14, quantile_grid(n).view(n, n, 2)
@@ -63,7 +62,7 @@ def plot_latent_manifold(models: dict, images: torch.Tensor, labels: torch.Tenso
         top.set(xticks=ticks[::3], xticklabels=[f"{v:.1f}" for v in z[0, ::3, 0]], yticks=ticks[::3],
                 yticklabels=[f"{v:.1f}" for v in z[::3, 0, 1]], xlabel="$z_1$ (at prior quantiles)", ylabel="$z_2$ (at prior quantiles)",
                 title=f"{name}\ndecoded means $\\mathbb{{E}}[x \\mid z]$ over the latent plane")
-        shown = bottom.scatter(means[name][:, 0], means[name][:, 1], c=labels, cmap=_DIGIT_COLOURS, norm=norm, s=3, alpha=0.6, rasterized=True)
+        shown = bottom.scatter(means[name][:, 0], means[name][:, 1], c=labels, cmap=digit_colours, norm=norm, s=3, alpha=0.6, rasterized=True)
         bottom.set(xlabel="$z_1$", ylabel="$z_2$", aspect="equal", xlim=(-limit, limit), ylim=(-limit, limit),
                    title=f"{name}\nposterior means $\\mathbb{{E}}_q[z \\mid x]$ of {len(images)} test images")
         fig.colorbar(shown, ax=bottom, ticks=range(10), shrink=0.7, label="digit")

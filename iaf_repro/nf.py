@@ -15,7 +15,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -258,6 +257,7 @@ FIT_COLUMNS = (("planar", 2), ("planar", 8), ("planar", 32), ("radial", 32))   #
 
 def plot_energy_fits(flows: dict, kls: dict, log_Z: dict, n: int = 200):
     "Grid figure: rows U1-U4, columns true density | one fit per `FIT_COLUMNS` entry, KL in each panel, colour capped at the target's max (R&M Fig. 3)."
+    import matplotlib.pyplot as plt
     fig, axes = plt.subplots(len(ENERGIES), 1 + len(FIT_COLUMNS), figsize=(2.2 * (1 + len(FIT_COLUMNS)) + 0.6, 2.2 * len(ENERGIES)))
     for row, (name, energy) in zip(axes, ENERGIES.items()):
         true = lambda z: -energy(z) - log_Z[name]

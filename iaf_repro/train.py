@@ -25,7 +25,6 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 import torch.distributed as dist
@@ -469,6 +468,7 @@ def training_finished(run_dir: Path) -> bool:
 # %% ../nbs/07_train.ipynb #4675a596
 def plot_ema_vs_raw(epochs: list[int], raw: list[float], averaged: list[float], decay: float):
     "Validation VLB per epoch of the raw weights and of their moving average (left), and the average's advantage (right) (Eq. 5)."
+    import matplotlib.pyplot as plt
     fig, (ax, ax_diff) = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
     ax.plot(epochs, raw, "o-", color="C3", ms=3, label=r"raw weights $\theta_t$ (last step)")
     ax.plot(epochs, averaged, "o-", color="C0", ms=3, label=rf"moving average $\bar\theta_t$, $d = {decay}$")

@@ -13,7 +13,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 
 import iaf_repro
@@ -44,6 +43,7 @@ def seeded(seed: int):
 # %% ../nbs/97_utils.ipynb #ad5550a1
 def save_figure(fig, path: Path) -> Path:
     "Save a figure as a PNG (130 dpi, tight), creating its folder, and close it; every chapter's figures go through here."
+    import matplotlib.pyplot as plt
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130, bbox_inches="tight")

@@ -4,23 +4,24 @@
 
 # %% auto #0
 __all__ = ['IMAGE_SHAPE', 'POSTERIORS', 'bernoulli_log_likelihood', 'WeightNormLayer', 'unit_moments', 'WNLinear', 'WNConv2d',
-           'WNConvTranspose2d', 'preactivation_stats', 'ResBlock', 'VAEConfig', 'Encoder', 'Decoder', 'Posterior',
-           'make_posterior', 'Terms', 'check_images', 'check_binary', 'VAE', 'parameter_counts', 'toy_images',
-           'plot_preactivation_stats', 'make_figures']
+           'WNConvTranspose2d', 'preactivation_stats', 'ResBlock', 'VAEConfig', 'Encoder', 'Decoder', 'FlowPosterior',
+           'Posterior', 'make_posterior', 'Terms', 'check_images', 'check_binary', 'VAE', 'parameter_counts',
+           'toy_images', 'plot_preactivation_stats', 'make_figures']
 
 # %% ../nbs/06_vae.ipynb #d3494742
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
 from torch import nn
+from torch.distributions import Distribution, constraints
 
-from .density import check_batch, flow_log_prob, log_standard_normal
+from .density import check_batch, flow_log_prob, log_normal_diag, log_standard_normal
 from .utils import positive_int, save_figure, seeded
 from .elbo import reparameterize
 from .iaf import IAF, IAF_STEPS
@@ -182,22 +183,86 @@ class Decoder(nn.Module):
         a = self.dense(z).view(z.shape[0], -1, 4, 4)                                   # [N, 32, 4, 4]
         return self.logits(self.blocks(a))                                             # [N, 1, 28, 28]
 
+# %% ../nbs/06_vae.ipynb #d0a4443e
+class FlowPosterior(Distribution):
+    "q(z|x) for one batch: N(mu, diag σ²) pushed through `flow` with context h; `rsample((k,)) -> z [k, B, D]`, log q `[k, B]` (Eq. 7)."
+    arg_constraints = {"mu": constraints.real, "log_sigma": constraints.real}
+    support, has_rsample = constraints.real_vector, True
+
+    def __init__(self, mu: torch.Tensor, log_sigma: torch.Tensor, h: torch.Tensor | None = None, flow: nn.Module | None = None):
+        B, D = check_batch(mu, name="mu")
+        if log_sigma.shape != mu.shape: raise ValueError(f"log_sigma must have the shape of mu {tuple(mu.shape)}, got {tuple(log_sigma.shape)}")
+        if h is not None and check_batch(h, name="h")[0] != B: raise ValueError(f"h has batch {h.shape[0]}, but mu has batch {B}")
+        self.mu, self.log_sigma, self.h, self.flow = mu, log_sigma, h, flow
+        self._last_draw = None                                                         # (z, log_q) of the latest draw
+        super().__init__(torch.Size([B]), torch.Size([D]), validate_args=False)
+
+    def rsample_and_log_prob(self, sample_shape: int | tuple = (), generator: torch.Generator | None = None):
+        "Draw z and score it in one pass: `k or (k,) -> (z [k, B, D], log_q [k, B])`, `() -> ([B, D], [B])` (Eq. 7)."
+        shape = torch.Size([positive_int(sample_shape, "k")] if isinstance(sample_shape, int) else sample_shape)
+        k = math.prod([positive_int(n, "every entry of sample_shape") for n in shape])   # samples per image
+        B, D = self.mu.shape
+        z0, log_q0 = reparameterize(self.mu, self.log_sigma, k, generator)            # [k, B, D], [k, B]
+        z, log_q = z0.reshape(k * B, D), log_q0.reshape(k * B)                        # row j*B + b: sample j of image b
+        if self.flow is not None:
+            z, log_det = self.flow(z, self.context_rows(k))                            # [k*B, D], [k*B]
+            log_q = flow_log_prob(log_q, log_det)
+        self._last_draw = (z.reshape(*shape, B, D), log_q.reshape(*shape, B))
+        return self._last_draw
+
+    def rsample(self, sample_shape: int | tuple = (), generator: torch.Generator | None = None) -> torch.Tensor:
+        "Reparameterized samples `z [*sample_shape, B, D]`; their `log_prob` costs nothing more."
+        return self.rsample_and_log_prob(sample_shape, generator)[0]
+
+    def context_rows(self, k: int) -> torch.Tensor | None:
+        "The context repeated for k samples per image: `h [B, C] -> [k*B, C]` (None without one)."
+        return None if self.h is None else self.h.expand(k, *self.h.shape).reshape(k * self.h.shape[0], -1)
+
+
+# %% ../nbs/06_vae.ipynb #057e7a8b
+@patch
+def log_prob(self: FlowPosterior, z: torch.Tensor) -> torch.Tensor:
+    "log q(z|x) of the `z` this distribution drew last (free) or, without a flow, of any `z [..., B, D] -> [..., B]` (Eq. 7)."
+    if self._last_draw is not None and z is self._last_draw[0]: return self._last_draw[1]
+    if self.flow is None: return self.log_prob_by_inversion(z)                        # diagonal: nothing to invert
+    raise ValueError(f"log_prob(z) of a {type(self.flow).__name__} posterior is known only for the z it drew last (the tensor "
+                     "rsample returned): call log_prob_by_inversion(z) for any other z (D sequential MADE passes per IAF step), "
+                     "or draw and score together with rsample_and_log_prob")
+
+@patch
+def log_prob_by_inversion(self: FlowPosterior, z: torch.Tensor) -> torch.Tensor:
+    "log q(z|x) of any `z [..., B, D] -> [..., B]`: undo the flow (D MADE passes per IAF step), then Eq. 7 at z_0 (IAF Sec. 3)."
+    B, D = self.mu.shape
+    if not isinstance(z, torch.Tensor) or z.ndim < 2 or tuple(z.shape[-2:]) != (B, D):
+        raise ValueError(f"z must have shape [..., {B}, {D}] (samples, images, latents), got {tuple(getattr(z, 'shape', ())) or type(z).__name__}")
+    k = math.prod(z.shape[:-2])                                                         # samples per image
+    z_T = z.reshape(k * B, D)
+    mu, log_sigma = (t.expand(k, B, D).reshape(k * B, D) for t in (self.mu, self.log_sigma))
+    if self.flow is None: return log_normal_diag(z_T, mu, log_sigma).view(z.shape[:-1])
+    if not hasattr(self.flow, "inverse"):
+        raise ValueError(f"{type(self.flow).__name__} has no inverse, so log q is known only for the z it drew; score the z from rsample")
+    h_rows = self.context_rows(k)
+    z_0 = self.flow.inverse(z_T, h_rows)                                               # sequential: D passes per step
+    _, log_det = self.flow(z_0, h_rows)
+    return flow_log_prob(log_normal_diag(z_0, mu, log_sigma), log_det).view(z.shape[:-1])
+
+
 # %% ../nbs/06_vae.ipynb #8b1389f2
 class Posterior(nn.Module):
-    "q(z|x), a diagonal Gaussian through an optional flow: `(mu, log_sigma [B, D], h [B, C] or None, k) -> (z [k*B, D], log_qz [k, B])` (Eq. 7)."
+    "The posterior's flow and context width; `distribution(mu, log_sigma, h)` is q(z|x) of a batch, calling it draws `(z [k*B, D], log_qz [k, B])` (Eq. 7)."
     def __init__(self, flow: nn.Module | None = None, context_dim: int = 0):
         super().__init__()
         self.flow, self.context_dim = flow, context_dim
 
+    def distribution(self, mu: torch.Tensor, log_sigma: torch.Tensor, h: torch.Tensor | None = None) -> FlowPosterior:
+        "q(z|x) of one batch of encoder outputs: `mu, log_sigma [B, D], h [B, C] or None -> FlowPosterior` (Eq. 7)."
+        return FlowPosterior(mu, log_sigma, h, self.flow)
+
     def forward(self, mu: torch.Tensor, log_sigma: torch.Tensor, h: torch.Tensor | None, k: int,
                 generator: torch.Generator | None = None):
         B, D = check_batch(mu, name="mu")
-        z0, log_q0 = reparameterize(mu, log_sigma, k, generator)                       # [k, B, D], [k, B]
-        z0 = z0.reshape(k * B, D)                                                      # row j*B + b: sample j of image b
-        if self.flow is None: return z0, log_q0
-        h_rows = None if h is None else h.expand(k, *h.shape).reshape(k * B, -1)       # [k*B, C]
-        z, log_det = self.flow(z0, h_rows)                                             # [k*B, D], [k*B]
-        return z, flow_log_prob(log_q0.reshape(k * B), log_det).view(k, B)
+        z, log_q = self.distribution(mu, log_sigma, h).rsample_and_log_prob(positive_int(k, "k"), generator)  # [k, B, D], [k, B]
+        return z.reshape(k * B, D), log_q                                              # row j*B + b: sample j of image b
 
 def make_posterior(config: VAEConfig) -> Posterior:
     "The posterior `config.posterior` names: diagonal, IAF (MADE width w, 2 hidden layers, context h) or planar (IAF App. B; R&M)."
@@ -241,13 +306,18 @@ class VAE(nn.Module):
 
     def encode(self, x: torch.Tensor):
         "The posterior's parameters for a batch: `x [B, 1, 28, 28] -> (mu [B, D], log_sigma [B, D], h [B, C] or None)` (Eq. 6)."
+        check_images(x)
         return self.encoder(x)
+
+    def posterior_of(self, x: torch.Tensor) -> FlowPosterior:
+        "q(z|x) of a batch as a distribution: `x [B, 1, 28, 28] -> FlowPosterior`, `rsample((k,)) -> [k, B, D]` (Eqs. 6-7)."
+        return self.posterior.distribution(*self.encode(x))
 
     def forward(self, x: torch.Tensor, k: int = 1) -> Terms:
         B = check_images(x)
         k = positive_int(k, "k")
-        mu, log_sigma, h = self.encode(x)                                              # 1) [B, D], [B, D], [B, C]
-        z, log_qz = self.posterior(mu, log_sigma, h, k)                                # 2) [k*B, D], [k, B]
+        z, log_qz = self.posterior_of(x).rsample_and_log_prob(k)                      # 1-2) [k, B, D], [k, B]
+        z = z.reshape(k * B, -1)                                                       # row j*B + b: sample j of image b
         logits = self.decoder(z).view(k, B, *IMAGE_SHAPE)                              # 3) [k, B, 1, 28, 28]
         log_pz = log_standard_normal(z).view(k, B)                                     # 4) [k, B]
         return Terms(bernoulli_log_likelihood(logits, x), log_pz, log_qz)
@@ -268,8 +338,7 @@ def initialize(self: VAE, x: torch.Tensor) -> None:
 @torch.no_grad()
 def reconstruct(self: VAE, x: torch.Tensor) -> torch.Tensor:
     "Bernoulli means of p(x|z) for one posterior sample z ~ q(z|x) per image: `[B, 1, 28, 28] -> [B, 1, 28, 28]`."
-    check_images(x)
-    z, _ = self.posterior(*self.encode(x), 1)
+    z = self.posterior_of(x).rsample()                                                 # [B, D]
     return torch.sigmoid(self.decoder(z))
 
 @patch
@@ -298,6 +367,7 @@ def toy_images(n: int, generator: torch.Generator | None = None) -> torch.Tensor
 # %% ../nbs/06_vae.ipynb #caf45061
 def plot_preactivation_stats(before: dict, after: dict, axes=None):
     "Two panels, per layer: the pre-activation std and |mean| (averaged over units), before vs after the data-dependent init."
+    import matplotlib.pyplot as plt
     axes = axes if axes is not None else plt.subplots(2, 1, figsize=(10, 6), sharex=True)[1]
     names, index = list(after), np.arange(len(after))
     for stats, color, label in [(before, "C3", "before initialize"), (after, "C0", "after initialize")]:
@@ -314,6 +384,7 @@ def plot_preactivation_stats(before: dict, after: dict, axes=None):
 
 def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
     "Render this chapter's figure (pre-activation statistics before and after the data-dependent init) into `out_dir`."
+    import matplotlib.pyplot as plt
     torch.manual_seed(0)
     x = toy_images(32 if quick else 100, torch.Generator().manual_seed(0))
     model = VAE(VAEConfig(posterior="iaf"))

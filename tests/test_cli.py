@@ -42,8 +42,8 @@ def test_quick_figures_land_in_the_output_folder(tmp_path):
 def test_the_package_root_gives_the_flows():
     import iaf_repro
     for name in ("FlowChain", "PlanarFlow", "RadialFlow", "AdditiveCoupling", "MADE", "IAF", "IAFStep", "iaf_log_q",
-                 "elbo", "iwae_bound", "importance_sampled_log_px"):
-        assert hasattr(iaf_repro, name), name
+                 "iwae_bound", "importance_sampled_log_px", "Posterior", "FlowPosterior"):
+        assert name in iaf_repro.__all__ and callable(getattr(iaf_repro, name)), name
 
 
 def test_cifar_commands_are_registered(tmp_path, monkeypatch, capsys):
