@@ -186,6 +186,11 @@ def _dataset_fields(p: Preset, summary: dict, batch_size: int, world: int) -> di
     return dict(dataset=p.dataset, source=p.source, batch_size=batch_size, world=world, global_batch=batch_size * world,
                 bits_per_dim=float(bits_per_dim(summary["log_px"], CIFAR_DIMS)), bits_per_dim_vlb=float(bits_per_dim(summary["vlb"], CIFAR_DIMS)))
 
+def _forget_untrained(run_dir: Path) -> None:
+    "Remove a run folder this call created if it holds nothing but its provenance: a run stopped before its first epoch leaves nothing behind."
+    if run_dir.exists() and {f.name for f in run_dir.iterdir()} <= {"provenance.json"}:
+        (run_dir / "provenance.json").unlink(missing_ok=True); run_dir.rmdir()
+
 def run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto", runs_dir: Path | None = None,
         results_dir: Path = Path("figures/tables/runs"), progress: bool = True, deadline: float | None = None,
         data=None, rank: int = 0, world: int = 1, step_wrapper=None) -> dict | None:
@@ -194,12 +199,16 @@ def run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto",
     b = get_budget(budget, p.dataset)
     name = run_name(preset, budget, seed)
     run_dir = resolve_runs_dir(runs_dir) / name / (f"rank{rank}" if rank else "")   # data-parallel ranks > 0 keep their own checkpoints
-    trained_by = training_provenance(run_dir, dev)
-    data = _budget_data(p, b, data, rank, world, dev)
+    data = _budget_data(p, b, data, rank, world, dev)                     # first: a data error leaves no run folder behind
     model = initial_model(p, data, b.batch_size, seed, dev)
+    fresh = not run_dir.exists()
+    trained_by = training_provenance(run_dir, dev)
     config = TrainConfig(epochs=b.epochs, batch_size=b.batch_size * world, seed=seed, early_stop_patience=b.early_stop_patience,
                          valid_images=b.valid_images)                     # the global batch: each rank trains on b.batch_size images
-    metrics = train(model, data, config, run_dir, device=dev, progress=progress, step_wrapper=step_wrapper, deadline=deadline)
+    try: metrics = train(model, data, config, run_dir, device=dev, progress=progress, step_wrapper=step_wrapper, deadline=deadline)
+    except BaseException:
+        if fresh: _forget_untrained(run_dir)
+        raise
     if rank: return None                                                   # rank 0 evaluates and writes the results
     averaged = load_ema_model(model, run_dir, "best")                   # the weight average of the best validation epoch
     start = time.perf_counter()

@@ -1,5 +1,6 @@
 """Tests for iaf_repro.experiments: presets, budgets, provenance, table assembly, a smoke run."""
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -104,6 +105,19 @@ def test_smoke_run_writes_results_with_provenance(tmp_path):
     assert saved["eval_images"] == BUDGETS["smoke"].eval_images and saved["is_samples"] == BUDGETS["smoke"].is_samples
     metrics = pd.read_csv(tmp_path / "results" / "static-diag__smoke__s0.metrics.csv")
     assert list(metrics.epoch) == [1]
+
+
+def test_a_run_that_fails_or_stops_before_its_first_epoch_leaves_nothing_behind(tmp_path, monkeypatch):
+    from iaf_repro.data import DataError
+    from iaf_repro.train import TrainingInterrupted
+    runs = tmp_path / "runs"
+    with monkeypatch.context() as m:
+        m.setenv("IAF_REPRO_DATA", str(tmp_path / "empty")); (tmp_path / "empty").mkdir()
+        with pytest.raises(DataError): run("static-diag", "smoke", runs_dir=runs, results_dir=tmp_path / "results", progress=False)
+    assert not (runs / "static-diag__smoke__s0").exists()
+    with pytest.raises(TrainingInterrupted, match="nothing was saved"):
+        run("static-diag", "smoke", runs_dir=runs, results_dir=tmp_path / "results", progress=False, deadline=time.time() - 1)
+    assert not (runs / "static-diag__smoke__s0").exists() and not (tmp_path / "results").exists()
 
 
 def test_ensure_run_calls_the_given_runner_only_while_the_results_file_is_missing(tmp_path):
