@@ -44,8 +44,9 @@ def test_pack_refuses_a_run_being_trained_or_without_checkpoint(tmp_path):
         with pytest.raises(SystemExit, match="is being trained; stop its campaign first"): leg.check_idle(busy)
     finally: os.close(fd)
     (tmp_path / "runs" / "b__paper__s0").mkdir()
-    with pytest.raises(SystemExit, match="holds no checkpoint.pt"): leg.check_idle(tmp_path / "runs" / "b__paper__s0")
+    with pytest.raises(SystemExit, match="holds no checkpoint.pt: finish or remove"): leg.check_idle(tmp_path / "runs" / "b__paper__s0")
     with pytest.raises(SystemExit, match="is not a run name"): leg.parse_run("static-diag")
+    with pytest.raises(SystemExit, match="does not fit a leg"): leg.pack(["cifar-simple-diag__paper__s0"], tmp_path / "runs", tmp_path)
 
 
 def test_unpack_refuses_a_local_run_that_trained_on_and_keeps_the_old_folder_otherwise(tmp_path):

@@ -38,7 +38,8 @@ STAGE = ROOT / ".device-data"                   # ignored by git; the device too
 CARRY_LIMIT = 64 * 2**20                        # the device tool: what travels, checkout and carried folders together
 PART_SIZE = 15 * 2**20                          # the device tool: files back are at most 16 MiB each ...
 MAX_PARTS = 8                                   # ... and at most 8 of them
-WHEELS = ("fastcore",)                          # iaf_repro's requirements the GPU machine's image lacks
+WHEELS = ("fastcore",)
+CIFAR_MIB = 161                                 # cifar10_train.npz and cifar10_test.npz                          # iaf_repro's requirements the GPU machine's image lacks
 
 
 def runs_dir() -> Path:
@@ -55,8 +56,9 @@ def parse_run(name: str) -> tuple[str, str, int]:
 
 
 def check_idle(folder: Path) -> None:
-    "Refuse a run folder that a trainer holds (the lock `train` takes), or that has no checkpoint to carry."
-    if not (folder / "checkpoint.pt").exists(): raise SystemExit(f"{folder} holds no checkpoint.pt: nothing to continue")
+    "Refuse a run folder that a trainer holds (the lock `train` takes), or that has no checkpoint to carry (a run not begun has no folder)."
+    if not (folder / "checkpoint.pt").exists():
+        raise SystemExit(f"{folder} holds no checkpoint.pt: finish or remove what is there before a leg carries it")
     fd = os.open(folder, os.O_RDONLY)
     try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError: raise SystemExit(f"{folder} is being trained; stop its campaign first (SIGTERM), then pack") from None
@@ -74,12 +76,17 @@ def folder_bytes(folder: Path) -> int:
 
 
 def pack(runs: list[str], source: Path, data: Path, stage: Path = STAGE, wheels: bool = True) -> dict:
-    "Stage run folders, the static-MNIST data and the missing wheels in `stage`; refuse if the call would exceed the carry limit."
-    for name in runs: parse_run(name); check_idle(source / name)
+    "Stage run folders (a run not begun starts there), the MNIST data and the missing wheels in `stage`; refuse if the call would exceed the carry limit."
+    for name in runs:
+        if parse_run(name)[0].startswith("cifar"): raise SystemExit(f"{name}: CIFAR-10 data ({CIFAR_MIB} MiB) does not fit a leg")
+        if (source / name).exists(): check_idle(source / name)
     if stage.exists(): shutil.rmtree(stage)                                    # our own staging copy, not run state
-    (stage / "data").mkdir(parents=True)
-    for name in runs: shutil.copytree(source / name, stage / "runs" / name)
+    (stage / "data").mkdir(parents=True); (stage / "runs").mkdir()
+    for name in runs:
+        if (source / name).exists(): shutil.copytree(source / name, stage / "runs" / name)
     shutil.copy2(data / "binarized_mnist.npz", stage / "data")
+    if any(parse_run(name)[0].startswith(("dynamic-", "thresholded-")) for name in runs):   # grey MNIST, binarized as it trains
+        shutil.copytree(data / "mnist", stage / "data" / "mnist")
     if wheels:
         pins = [f"{w}=={importlib.metadata.version(w)}" for w in WHEELS]
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", stage / "wheels", *pins], check=True)
@@ -168,9 +175,11 @@ def unpack(files: Path, runs: Path, results: Path, superseded: Path | None = Non
     with tempfile.TemporaryDirectory(dir=runs.parent) as tmp:
         read_parts(files, Path(tmp))
         plan = json.loads((Path(tmp) / "leg.json").read_text())
-        for name in plan["runs"]: check_continuation(runs / name, Path(tmp) / "runs" / name)
+        brought = [name for name in plan["runs"] if (Path(tmp) / "runs" / name / "checkpoint.pt").exists()]
+        for name in sorted(set(plan["runs"]) - set(brought)): print(f"{name}: the leg brought back no checkpoint; left as it was")
+        for name in brought: check_continuation(runs / name, Path(tmp) / "runs" / name)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        for name in plan["runs"]:
+        for name in brought:
             if (runs / name).exists():
                 superseded.mkdir(parents=True, exist_ok=True)
                 (runs / name).rename(superseded / f"{name}.before-{plan.get('device', 'leg')}-{stamp}")
