@@ -18,6 +18,8 @@ $(STAMP): settings.ini setup.py
 	# torch 2.13.0 is pinned where none is installed: an unpinned torch pulls gigabytes of CUDA wheels.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install torch==2.13.0
 	$(BIN)/pip install -e ".[dev]"
+	# MathJax for the site, into ~/.cache/iaf_repro, so `make docs` runs offline; without network a note, and docs fetches it.
+	$(BIN)/python tools/build_site.py --fetch-mathjax
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -5,10 +5,14 @@ skip), saying how to install it.
 """
 import hashlib
 import importlib
+import io
 import json
 import re
 import sys
+import tarfile
+import urllib.error
 from pathlib import Path
+from unittest import mock
 from urllib.parse import unquote
 
 import pytest
@@ -69,8 +73,89 @@ def test_links_are_rewritten_for_the_site():
                            "[d](https://git/x/blob/main/reference/targets.csv) [src](https://git/x/blob/main/m.py#L3) [e](00_x.ipynb)")
 
 
+def test_tables_get_a_scroll_box_and_their_first_column_is_marked():
+    page = ('<p>a</p><table class="dataframe"><thead><tr><th data-class="x"></th><th class="a">A</th></tr></thead><tbody>'
+            '<tr><th rowspan="2">diag</th><th>64</th><td>1</td></tr><tr><th>100</th><td>2</td></tr>'
+            '<tr><td class="b">iaf</td><td>3</td><td>4</td></tr></tbody></table><table><tr><td>x</td></tr></table>')
+    assert build_site._scrolling_tables(page) == (
+        '<p>a</p><div class="table-scroll"><table class="dataframe"><thead><tr><th class="first-col" data-class="x"></th><th class="a">A</th></tr></thead><tbody>'
+        '<tr><th class="first-col" rowspan="2">diag</th><th>64</th><td>1</td></tr><tr><th>100</th><td>2</td></tr>'   # under the rowspan: not the first column
+        '<tr><td class="first-col b">iaf</td><td>3</td><td>4</td></tr></tbody></table></div>'
+        '<div class="table-scroll"><table><tr><td class="first-col">x</td></tr></table></div>')
+
+
 def test_progress_bars_show_their_last_state():
     assert build_site._overwrite(["a 0%\r", "a 50%\ra 100%\n", "done\r\n"]) == "a 100%\ndone\r\n"
+
+
+def _mathjax_tarball(folder: Path) -> bytes:
+    "A small stand-in for npm's MathJax tarball: the script and a font the pages load, and a file they do not."
+    for name, text in {"es5/tex-chtml-full.js": "window.MathJax = {};", "es5/output/chtml/fonts/woff-v2/MathJax_Zero.woff": "font",
+                       "es5/tex-svg.js": "not used"}.items():
+        (folder / "package" / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / "package" / name).write_text(text)
+    with tarfile.open(folder / "m.tgz", "w:gz") as tar: tar.add(folder / "package", arcname="package")
+    return (folder / "m.tgz").read_bytes()
+
+
+@pytest.fixture
+def registry(monkeypatch, tmp_path):
+    """The npm registry, mocked: `registry["tarball"]` is what a download of MathJax returns (None: no network);
+    npm is hidden so the plain download runs. Every call is counted in `registry["calls"]`."""
+    state = {"tarball": None, "calls": 0}
+    def urlopen(url, timeout=None):
+        state["calls"] += 1
+        assert url == build_site.MATHJAX_URL
+        if state["tarball"] is None: raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+        return io.BytesIO(state["tarball"])
+    monkeypatch.setattr(build_site.shutil, "which", lambda name: None)
+    monkeypatch.setattr(build_site.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(build_site, "CACHE", tmp_path / "cache")
+    return state
+
+
+def test_setup_fetches_mathjax_so_the_build_needs_no_network(registry, tmp_path, capsys):
+    registry["tarball"] = _mathjax_tarball(tmp_path)
+    with mock.patch.object(build_site, "MATHJAX_SHA256", hashlib.sha256(registry["tarball"]).hexdigest()):
+        assert build_site.main(["--fetch-mathjax"]) == 0
+    folder = tmp_path / "cache" / f"mathjax-{build_site.MATHJAX_VERSION}"
+    assert f"is in {folder}" in capsys.readouterr().out
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == \
+        ["output/chtml/fonts/woff-v2/MathJax_Zero.woff", "tex-chtml-full.js"]
+    registry["tarball"] = None                                       # offline from here on: the cache is used
+    assert build_site.fetch_mathjax() == folder and registry["calls"] == 1
+    setup_recipe = (ROOT / "Makefile").read_text().split("\n$(STAMP):")[1].split("\n\n")[0]
+    assert "tools/build_site.py --fetch-mathjax" in setup_recipe                          # `make setup` runs this
+
+
+def test_a_tarball_with_the_wrong_hash_is_not_unpacked(registry, tmp_path):
+    registry["tarball"] = _mathjax_tarball(tmp_path)
+    with pytest.raises(build_site.MathJaxUnavailable, match=f"expected {build_site.MATHJAX_SHA256}, so it was not unpacked"):
+        build_site.fetch_mathjax()
+    assert not (tmp_path / "cache").exists()
+
+
+def test_setup_without_network_goes_on_and_docs_then_names_the_fix(registry, tmp_path, capsys):
+    assert build_site.main(["--fetch-mathjax"]) == 0                 # set-up does not fail
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("note: MathJax") and "name resolution" in err and "`make docs` will fetch it" in err
+    assert build_site.main(["--out", str(tmp_path / "_site")]) == 2  # neither does the build crash: it says what to do
+    err = capsys.readouterr().err
+    assert "could not be fetched" in err and "make setup" in err and "--fetch-mathjax" in err
+    assert not (tmp_path / "_site").exists() and not (tmp_path / "cache").exists()
+
+
+def test_npm_without_network_gives_its_reason_in_one_line(monkeypatch, tmp_path):
+    stderr = (b"npm error code ECONNREFUSED\nnpm error errno ECONNREFUSED\nnpm error FetchError: request to "
+              b"https://registry.npmjs.org/mathjax failed, reason: connect ECONNREFUSED\nnpm error   code: 'ECONNREFUSED',\n")
+    def npm_pack(cmd, **kwargs):
+        assert cmd[:3] == ["npm", "pack", f"mathjax@{build_site.MATHJAX_VERSION}"]
+        raise build_site.subprocess.CalledProcessError(1, cmd, stderr=stderr)
+    monkeypatch.setattr(build_site.shutil, "which", lambda name: "/usr/bin/npm")
+    monkeypatch.setattr(build_site.subprocess, "run", npm_pack)
+    with pytest.raises(build_site.MathJaxUnavailable) as e:
+        build_site.fetch_mathjax(tmp_path / "cache")
+    assert e.value.reason.endswith("(FetchError: request to https://registry.npmjs.org/mathjax failed, reason: connect ECONNREFUSED)")
 
 
 def test_every_notebook_becomes_a_page_and_nothing_is_written_into_nbs_or_figures(site):
@@ -111,6 +196,27 @@ def test_the_sidebar_lists_every_chapter_in_order_and_links_reach_them_all(site,
     for page, r in reports.items():
         assert r["nav"] == order, page
     assert site_browser.reachable(reports) == set(reports)
+
+
+def _layout_problems(reports, *kinds: str) -> dict[str, list[str]]:
+    "Per page, the layout problems `site_browser.layout_problems` names with any of `kinds` in their line."
+    found = {page: [p for p in site_browser.layout_problems(r["layout"]) if any(k in p for k in kinds)] for page, r in reports.items()}
+    return {page: problems for page, problems in found.items() if problems}
+
+
+def test_no_page_nests_scroll_boxes_or_scrolls_sideways(reports):
+    bad = _layout_problems(reports, "nested scroll box", "scrolls sideways", "display equation")
+    assert not bad, f"scroll boxes inside pages, or pages wider than the window: {json.dumps(bad, indent=1)}"
+    assert any(r["layout"][min(site_browser.LAYOUT_WIDTHS)]["wide_equations"] for r in reports.values()), \
+        "no display equation scrolls even in the narrow window: is the scroll-box check looking at anything?"
+
+
+def test_wide_tables_scroll_in_their_own_box_with_the_first_column_in_view(reports):
+    bad = _layout_problems(reports, "table")
+    assert not bad, f"tables: {json.dumps(bad, indent=1)}"
+    narrow = min(site_browser.LAYOUT_WIDTHS)
+    assert reports["table1.html"]["layout"][narrow]["wide_tables"], \
+        f"Table 1 (15 columns) fits a {narrow} px window: the sticky-column check tested nothing"
 
 
 def test_links_between_pages_land_on_existing_anchors(reports):

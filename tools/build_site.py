@@ -5,10 +5,12 @@ nbconvert instead, after nbdev's own docs processors (the ones `nbdev_docs` runs
 the title cell into front matter, drop `#| hide` cells and add `show_doc` output for every exported name.
 Only those `show_doc`, import and export cells are executed, as in `nbdev_docs`; every other output is the
 one committed in the notebook. Equations are typeset by a local MathJax 3, fetched once from the npm
-registry (with `npm pack`, or a plain download of the same tarball where npm is missing) and checked against
-a pinned SHA-256, so the built site needs no network.
+registry (with `npm pack`, or a plain download of the same tarball where npm is missing) by `make setup`, or
+by the first build where set-up had no network, and checked against a pinned SHA-256; after that neither the
+build nor the built site needs the network.
 
     python tools/build_site.py [--out _site]
+    python tools/build_site.py --fetch-mathjax       # what `make setup` runs: MathJax into the cache, if online
 
 Pages come in file-name order with index first, so a new notebook in nbs/ appears without editing this file.
 Nothing is written outside the output folder except the MathJax cache (~/.cache/iaf_repro).
@@ -50,18 +52,49 @@ def chapters(nbs: Path) -> list[Path]:
     return sorted(found, key=lambda p: (p.stem != "index", p.name))
 
 
-def fetch_mathjax(cache: Path = CACHE) -> Path:
-    "A folder holding MathJax's `tex-chtml-full.js` and its fonts, unpacked on first use from the npm registry's tarball (hash checked)."
-    folder = Path(cache) / f"mathjax-{MATHJAX_VERSION}"
+class MathJaxUnavailable(RuntimeError):
+    "MathJax is not in the cache and could not be fetched (no network, no registry, or a tarball with the wrong hash)."
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(f"{reason}: run `make setup` or `python tools/build_site.py --fetch-mathjax` where the npm "
+                         f"registry ({MATHJAX_URL.split('/mathjax/')[0]}) can be reached; `make docs` then builds offline")
+
+
+def _download_mathjax(folder: Path) -> Path:
+    "Fetch npm's MathJax tarball into `folder` (with `npm pack`, else a plain download) and return its path."
+    tgz = Path(folder) / f"mathjax-{MATHJAX_VERSION}.tgz"
+    if shutil.which("npm"):
+        subprocess.run(["npm", "pack", f"mathjax@{MATHJAX_VERSION}", "--loglevel=error", "--fetch-retries=1"], cwd=folder,
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)        # offline: fails in seconds
+    else:                                               # the same tarball from the same registry, without npm
+        with urllib.request.urlopen(MATHJAX_URL, timeout=120) as r: tgz.write_bytes(r.read())
+    return tgz
+
+
+_NPM_PREFIX = re.compile(r"^npm (?:error|ERR!)\s*")
+
+
+def _why(error: Exception) -> str:
+    "One line saying why a download failed: npm's own reason (`FetchError: ... reason: ...`) where it gave one."
+    if not isinstance(error, subprocess.CalledProcessError): return str(error)
+    lines = [_NPM_PREFIX.sub("", l).strip() for l in (error.stderr or b"").decode(errors="replace").splitlines()]
+    lines = [l for l in lines if l]
+    return next((l for l in lines if "reason:" in l or "Error:" in l), lines[0] if lines else f"npm exited with status {error.returncode}")
+
+
+def fetch_mathjax(cache: Path | None = None) -> Path:
+    """A folder holding MathJax's `tex-chtml-full.js` and its fonts, unpacked on first use from the npm registry's
+    tarball (hash checked); `make setup` calls this, so `make docs` runs offline afterwards. Raises
+    `MathJaxUnavailable`, naming the fix, when MathJax is not cached and cannot be fetched."""
+    folder = Path(cache or CACHE) / f"mathjax-{MATHJAX_VERSION}"
     if (folder / "tex-chtml-full.js").exists(): return folder
     with tempfile.TemporaryDirectory() as tmp:
-        tgz = Path(tmp) / f"mathjax-{MATHJAX_VERSION}.tgz"
-        if shutil.which("npm"):
-            subprocess.run(["npm", "pack", f"mathjax@{MATHJAX_VERSION}", "--silent"], cwd=tmp, check=True, stdout=subprocess.DEVNULL)
-        else:                                           # the same tarball from the same registry, without npm
-            with urllib.request.urlopen(MATHJAX_URL, timeout=120) as r: tgz.write_bytes(r.read())
+        try: tgz = _download_mathjax(Path(tmp))
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise MathJaxUnavailable(f"MathJax {MATHJAX_VERSION} is not in {folder} and could not be fetched ({_why(e)})") from e
         digest = hashlib.sha256(tgz.read_bytes()).hexdigest()
-        if digest != MATHJAX_SHA256: raise RuntimeError(f"{tgz.name} has SHA-256 {digest}, expected {MATHJAX_SHA256}")
+        if digest != MATHJAX_SHA256:
+            raise MathJaxUnavailable(f"the fetched {tgz.name} has SHA-256 {digest}, expected {MATHJAX_SHA256}, so it was not unpacked")
         staging = Path(tmp) / "mathjax"
         with tarfile.open(tgz) as tar:
             for member in tar.getmembers():
@@ -196,6 +229,36 @@ def _lowercase_anchors(page: str) -> str:
     return _HEADING_ID.sub(add, page)
 
 
+_TABLE = re.compile(r"<table\b.*?</table>", re.DOTALL)
+_ROW = re.compile(r"<tr\b[^>]*>.*?</tr>", re.DOTALL)
+_CELL = re.compile(r"<(t[hd])\b([^>]*)>")
+_ROWSPAN = re.compile(r'(?<![\w-])rowspan="?(\d+)')
+_CLASS = re.compile(r'((?<![\w-])class=")')
+
+
+def _mark_first_column(table: str) -> str:
+    "Add the class `first-col` to each cell of the table's first column (a cell spanning rows covers the rows below it)."
+    covered = 0
+    def mark(row: re.Match) -> str:
+        nonlocal covered
+        if covered:
+            covered -= 1
+            return row.group(0)
+        cell = _CELL.search(row.group(0))
+        if not cell: return row.group(0)
+        if span := _ROWSPAN.search(cell.group(2)): covered = int(span.group(1)) - 1
+        attrs, n = _CLASS.subn(r"\1first-col ", cell.group(2), count=1)
+        if not n: attrs = f' class="first-col"{attrs}'
+        return row.group(0)[:cell.start()] + f"<{cell.group(1)}{attrs}>" + row.group(0)[cell.end():]
+    return _ROW.sub(mark, table)
+
+
+def _scrolling_tables(page: str) -> str:
+    """Put every table (Markdown, pandas, `show_doc`) in a `<div class="table-scroll">` and mark its first column, so a
+    table wider than the text scrolls inside that box with its first column in view (site.css), never the page."""
+    return _TABLE.sub(lambda m: f'<div class="table-scroll">{_mark_first_column(m.group(0))}</div>', page)
+
+
 _ID = re.compile(r'\bid="([^"]+)"')
 _PAGE_ANCHOR = re.compile(r'href="([\w.-]+\.html)#([^"]+)"')
 
@@ -265,7 +328,7 @@ def build_site(out: Path = ROOT / "_site", nbs: Path = ROOT / "nbs", figures: Pa
                 "project": cfg.title, "mathjax": "mathjax/tex-chtml-full.js"}
         body, _ = exporter.from_notebook_node(rejoin_lines(nbformat.from_dict(page_cells(nb, links))),
                                               resources={"site": site, "metadata": {"name": site["title"]}})
-        pages[href] = _lowercase_anchors(body)
+        pages[href] = _scrolling_tables(_lowercase_anchors(body))
     for href, body in _resolve_anchors(pages).items(): (out / href).write_text(body, encoding="utf-8")
     if not quiet: print(f"built {len(pages)} pages into {out} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return [out / href for href in pages]
@@ -274,8 +337,21 @@ def build_site(out: Path = ROOT / "_site", nbs: Path = ROOT / "nbs", figures: Pa
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "_site", help="output folder, emptied first (default: _site)")
+    p.add_argument("--fetch-mathjax", action="store_true",
+                   help="only put MathJax in the cache and exit (what `make setup` does); when it cannot be fetched, "
+                        "print a one-line note and exit 0: the first `make docs` fetches it instead")
     args = p.parse_args(argv)
-    build_site(args.out)
+    try:
+        if args.fetch_mathjax:
+            print(f"MathJax {MATHJAX_VERSION} is in {fetch_mathjax()}")
+            return 0
+        build_site(args.out)
+    except MathJaxUnavailable as e:
+        if args.fetch_mathjax:
+            print(f"note: {e.reason}; set-up goes on, and `make docs` will fetch it", file=sys.stderr)
+            return 0
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

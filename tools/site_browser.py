@@ -29,8 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 INSTALL_HINT = "install it with `apt-get install -y chromium` (Debian; .ci/run does this in CI)"
 # Without the background-networking flags Chromium's own update/sync traffic gets connections refused here.
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--remote-debugging-port=0"]
+         "--disable-component-update", "--disable-sync", "--remote-debugging-port=0"]
 SCREENSHOTS = {"site_front_page.png": "index.html", "site_chapter_iaf.png": "iaf.html"}
+WINDOW = (1400, 900)                       # the browser's size: a desktop window, as in the README's screenshots
+LAYOUT_WIDTHS = (1400, 1024)               # window widths at which every page's layout is checked (a desktop, a laptop)
 
 
 def find_chromium() -> str:
@@ -56,7 +58,7 @@ def serve(folder: Path):
 
 class Chromium:
     "A headless Chromium with one tab, driven over the DevTools protocol."
-    def __init__(self, width: int = 1400, height: int = 900, timeout: float = 30):
+    def __init__(self, width: int = WINDOW[0], height: int = WINDOW[1], timeout: float = 30):
         import websocket
         self.timeout, self.events, self._id = timeout, [], 0
         self.profile = tempfile.mkdtemp(prefix="iaf-site-chromium-")
@@ -67,6 +69,10 @@ class Chromium:
         page = next(t for t in tabs if t["type"] == "page")
         self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=timeout, suppress_origin=True)
         for domain in ("Page", "Runtime", "Log"): self.send(f"{domain}.enable")
+        self.resize(width, height)
+
+    def resize(self, width: int, height: int):
+        "Lay the page out for a window of `width` x `height` CSS pixels."
         self.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
 
     def _devtools_port(self) -> int:
@@ -172,13 +178,87 @@ PAGE_REPORT = """(() => ({
 }))()"""
 
 
+# Scroll boxes the site means to have: the chapter sidebar, code and text outputs (<pre>), table containers, and
+# display equations wider than a narrow window (reported apart). Anything else that scrolls is a box nested in the
+# page's own scrolling, usually over blank space.
+LAYOUT_REPORT = """(() => {
+  const scrolls = v => v === 'auto' || v === 'scroll';
+  const name = e => e.tagName.toLowerCase() + (typeof e.className === 'string' && e.className.trim()
+                    ? '.' + e.className.trim().split(/\\s+/).join('.') : '');
+  const boxes = [], equations = [];
+  for (const e of document.querySelectorAll('body *')) {
+    const s = getComputedStyle(e);
+    const across = scrolls(s.overflowX) && e.scrollWidth > e.clientWidth + 1;
+    const down = scrolls(s.overflowY) && e.scrollHeight > e.clientHeight + 1;
+    if ((across || down) && e.matches('mjx-container[display="true"]')) equations.push(JSON.stringify(e.textContent.slice(0, 60)));
+    else if ((across || down) && !e.matches('%(allowed)s'))
+      boxes.push(`${name(e)}: ${e.scrollWidth}x${e.scrollHeight} in ${e.clientWidth}x${e.clientHeight}, `
+                 + JSON.stringify(e.textContent.trim().slice(0, 60)));
+  }
+  const tables = Array.from(document.querySelectorAll('main table'));
+  const wide = [];
+  for (const box of document.querySelectorAll('.table-scroll')) {
+    if (box.scrollWidth <= box.clientWidth + 1) continue;
+    const first = box.querySelector('tbody .first-col') || box.querySelector('.first-col');
+    const row = first ? first.parentElement : box.querySelector('tr');
+    window.scrollBy(0, row.getBoundingClientRect().top - innerHeight / 2);      // that row mid-window
+    box.scrollLeft = box.scrollWidth;
+    const b = box.getBoundingClientRect(), last = row.lastElementChild.getBoundingClientRect();
+    let first_on_top = false;
+    if (first) {
+      const f = first.getBoundingClientRect();
+      const hit = document.elementFromPoint(f.left + Math.min(4, f.width / 2), f.top + f.height / 2);
+      first_on_top = f.left >= b.left - 1 && f.right <= b.right + 1 && first.contains(hit);
+    }
+    wide.push({table: JSON.stringify((box.querySelector('tr') || box).textContent.trim().replace(/\\s+/g, ' ').slice(0, 60)),
+               first_column_in_view: first_on_top, last_column_reached: last.right <= b.right + 1});
+    box.scrollLeft = 0;
+  }
+  window.scrollTo(0, 0);
+  const root = document.documentElement;
+  return {scroll_boxes: boxes, page_overflow: root.scrollWidth - root.clientWidth, wide_tables: wide, wide_equations: equations,
+          tables_outside_a_scroller: tables.filter(t => !t.parentElement.matches('.table-scroll')).length};
+})()""" % {"allowed": "nav.site-nav, pre, .table-scroll"}
+
+
+def layout_report(browser: Chromium, widths=LAYOUT_WIDTHS) -> dict[int, dict]:
+    """The open page's layout at each window width: scroll boxes other than the sidebar, code, tables and display
+    equations; the display equations that scroll; how far the page overflows sideways (0 is right); and, for each
+    table wider than its container, whether its first column stays in view and its last column can be reached once
+    the container is scrolled right."""
+    reports = {}
+    try:
+        for width in widths:
+            browser.resize(width, WINDOW[1])
+            reports[width] = browser.evaluate(LAYOUT_REPORT)
+    finally: browser.resize(*WINDOW)
+    return reports
+
+
+def layout_problems(layout: dict[int, dict]) -> list[str]:
+    """What `layout_report` found wrong, one line each (empty when the layout is right at every width). A display
+    equation may scroll in its own box on a narrow window, but at the widest width it must fit."""
+    problems = []
+    for width, r in layout.items():
+        problems += [f"{width} px: nested scroll box {b}" for b in r["scroll_boxes"]]
+        if width == max(layout): problems += [f"{width} px: display equation wider than the text {e}" for e in r["wide_equations"]]
+        if r["page_overflow"] > 1: problems.append(f"{width} px: the page scrolls sideways by {r['page_overflow']} px")
+        if r["tables_outside_a_scroller"]: problems.append(f"{width} px: {r['tables_outside_a_scroller']} tables outside a .table-scroll container")
+        for t in r["wide_tables"]:
+            if not t["first_column_in_view"]: problems.append(f"{width} px: first column scrolls out of view in table {t['table']}")
+            if not t["last_column_reached"]: problems.append(f"{width} px: last column cut off in table {t['table']}")
+    return problems
+
+
 def check_site(site: Path, browser: Chromium) -> dict[str, dict]:
-    "Open every page of the built site; return, per page, its console errors and what was typeset, loaded and linked."
+    """Open every page of the built site; return, per page, its console errors, what was typeset, loaded and
+    linked, and its layout at each of `LAYOUT_WIDTHS` (see `layout_report`)."""
     site, reports = Path(site), {}
     with serve(site) as base:
         for page in sorted(site.glob("*.html")):
             browser.open(base + page.name)
             report = browser.evaluate(PAGE_REPORT)
+            report["layout"] = layout_report(browser)
             report["errors"] = browser.errors()
             report["expects_math"] = has_math(page.read_text(encoding="utf-8"))
             report["links"] = [l.removeprefix(base) for l in report["links"] if l.startswith(base)]
@@ -223,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     with Chromium() as browser: reports = check_site(args.site, browser)
     bad = 0
     for page, r in reports.items():
-        problems = r["errors"] + r["math_errors"] + [f"image not loaded: {i}" for i in r["broken_images"]]
+        problems = r["errors"] + r["math_errors"] + [f"image not loaded: {i}" for i in r["broken_images"]] + layout_problems(r["layout"])
         if r["expects_math"] and not r["math"]: problems.append("has TeX but nothing was typeset")
         print(f"{page:>26}: {r['math']:4d} equations, {r['images']:2d} images" + ("".join(f"\n    {x}" for x in problems)))
         bad += bool(problems)
