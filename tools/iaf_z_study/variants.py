@@ -1,4 +1,4 @@
-"IAF step variants of the z-dependence study behind chapter 04's 'The step we train' (exploratory research code, run by mnist.py and four.py)."
+"IAF step variants of the z-dependence study behind chapter 04's 'The step we train' and 'Two more suspects' and chapter 12's last section (exploratory research code, run by mnist.py and four.py; PACKAGE_VARIANTS by mnist_package.py and four_package.py)."
 import math, torch, torch.nn.functional as F
 from torch import nn
 from iaf_repro.made import MADE, MaskedLinear, made_degrees, made_masks
