@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['TOY_MODELS', 'four_test_images', 'fit_to_images', 'latent_grid', 'log_joint_on_grid', 'log_px_on_grid',
-           'log_q_on_grid', 'posterior_report', 'mass_levels', 'plot_four_image_posteriors', 'four_image_posteriors',
-           'make_figures']
+           'log_q_on_grid', 'posterior_report', 'mass_levels', 'plot_four_image_posteriors', 'flow_z_dependence',
+           'four_image_posteriors', 'make_figures', 'across_seeds']
 
 # %% ../nbs/12_four_image_posteriors.ipynb #492e0ce0
 import math
@@ -21,6 +21,7 @@ from .data import evenly_spaced, load_mnist, static_test_labels
 from .density import log_normal_diag, log_standard_normal
 from .utils import provenance, save_figure, seeded
 from .evaluate import evaluate
+from .iaf import z_dependence
 from .train import MLPVAE, bound_terms
 from .vae import VAE, VAEConfig, bernoulli_log_likelihood
 
@@ -30,7 +31,7 @@ def four_test_images(n: int = 4, root: Path | None = None) -> tuple[torch.Tensor
     return evenly_spaced(load_mnist("static", root).test, n), evenly_spaced(static_test_labels(root), n)
 
 TOY_MODELS = {"diagonal": VAEConfig(latent_dim=2), "IAF": VAEConfig(latent_dim=2, posterior="iaf", iaf_depth=2, iaf_width=320,
-                                                                   iaf_step="gated")}   # IAF Alg. 1 (see the end of the chapter)
+                                                                   iaf_step="affine")}   # chapter 04, Eq. 20 (see the end of the chapter)
 
 # %% ../nbs/12_four_image_posteriors.ipynb #6d00b816
 def fit_to_images(model: VAE, images: torch.Tensor, steps: int = 4000, k: int = 16, lr: float = 3e-3, seed: int = 0,
@@ -155,14 +156,24 @@ def plot_four_image_posteriors(images: torch.Tensor, labels: torch.Tensor, fits:
         ax.set(xticks=report.image, xticklabels=[f"{i} ({d})" for i, d in zip(report.image, report.digit)],
                xlabel="image (digit)", ylabel=ylabel, title=title)
         ax.legend(fontsize=9)
+    seed = f" (seed {report.seed.iloc[0]})" if "seed" in report else ""
     fig.suptitle("A VAE with a 2-D latent space fitted to four MNIST digits: diagonal Gaussian vs IAF posteriors, "
-                 "and the true posteriors they approximate", fontsize=12)
+                 f"and the true posteriors they approximate{seed}", fontsize=12)
     return fig
 
 # %% ../nbs/12_four_image_posteriors.ipynb #0a25b466
+def flow_z_dependence(model: VAE, images: torch.Tensor) -> dict[str, list[float]]:
+    "Chapter 04's z-dependence of the posterior flow (Eqs. 17-19 there) and the encoder's mean log σ0, per image: `-> {name: [B] values}`; only log σ0 without a flow."
+    with torch.no_grad(): mu, log_sigma, h = model.encode(images)
+    per_image = [dict(log_sigma0=log_sigma[b].mean().item()) for b in range(len(images))]
+    if model.posterior.flow is not None:
+        for b, row in enumerate(per_image):
+            row.update(z_dependence(model.posterior.flow, mu[b:b + 1], log_sigma[b:b + 1], None if h is None else h[b:b + 1]))
+    return {name: [row[name] for row in per_image] for name in per_image[0]}
+
 def four_image_posteriors(steps: int = 4000, limit: float = 4.0, n: int = 200, k: int = 4096, seed: int = 0,
                           progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    "Train the diagonal and IAF toy models on the four images and measure them: `-> (images, labels, fits)`, fits as `plot_four_image_posteriors` takes."
+    "Train the diagonal and IAF toy models from `seed` on the four images and measure them: `-> (images, labels, fits)`, fits as `plot_four_image_posteriors` takes."
     images, labels = four_test_images()
     fits = {}
     for name, config in TOY_MODELS.items():
@@ -170,17 +181,24 @@ def four_image_posteriors(steps: int = 4000, limit: float = 4.0, n: int = 200, k
         with seeded(seed): model = MLPVAE(config, hidden=256)
         history = fit_to_images(model, images, steps, seed=seed, progress=progress)
         report, log_q, log_post = posterior_report(model.eval(), images, labels, limit, n, k, seed)
-        fits[name] = (report.assign(model=name, steps=steps, k=k, final_train_vlb=history[-100:].mean().item(),
-                                    seconds=round(time.perf_counter() - start, 1)), log_q, log_post)
+        fits[name] = (report.assign(model=name, seed=seed, steps=steps, k=k, final_train_vlb=history[-100:].mean().item(),
+                                    **flow_z_dependence(model, images), seconds=round(time.perf_counter() - start, 1)), log_q, log_post)
     return images, labels, fits
 
-def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
-    "Draw the four-image posterior figure into `out_dir` and write its numbers to `out_dir/tables/four_image_posteriors.csv`."
+def make_figures(out_dir: Path, quick: bool = False, seeds: tuple[int, ...] = (0, 1)) -> list[Path]:
+    "Fit both models from each of `seeds`, write every fit's numbers to `out_dir/tables/four_image_posteriors.csv` (a `seed` column) and draw the first seed's figure into `out_dir`."
+    if not seeds: raise ValueError("seeds must name at least one seed, e.g. (0, 1)")
     settings = dict(steps=30, n=40, k=64, progress=False) if quick else {}
-    images, labels, fits = four_image_posteriors(**settings)
+    runs = [four_image_posteriors(seed=seed, **settings) for seed in seeds]
     out_dir = Path(out_dir)
-    table = pd.concat([report for report, *_ in fits.values()]).assign(**provenance("cpu"))
+    table = pd.concat([report for *_, fits in runs for report, *_ in fits.values()]).assign(**provenance("cpu"))
     (out_dir / "tables").mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_dir / "tables" / "four_image_posteriors.csv", index=False, float_format="%.4f")
-    fig = plot_four_image_posteriors(images, labels, fits, n=settings.get("n", 200))
+    table.to_csv(out_dir / "tables" / "four_image_posteriors.csv", index=False, float_format="%.4g")
+    fig = plot_four_image_posteriors(*runs[0], n=settings.get("n", 200))
     return [save_figure(fig, out_dir / "four_image_posteriors.png"), out_dir / "tables" / "four_image_posteriors.csv"]
+
+def across_seeds(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    "Per model: each seed's mean over the images, then the mean over seeds and half the range between seeds (`spread`): `-> [model, (column, mean|spread)]`."
+    per_seed = table.groupby(["model", "seed"], sort=False)[columns].mean()
+    by_model = per_seed.groupby(level="model", sort=False)
+    return pd.concat({"mean": by_model.mean(), "spread": (by_model.max() - by_model.min()) / 2}, axis=1).swaplevel(axis=1)[columns]

@@ -1,5 +1,6 @@
 """The MNIST arm of the study with the package's own posteriors, for more seeds: `python mnist_package.py SEED [STEP ...]`
-trains the paper's VAE with a diagonal posterior and with each IAF step named (`VAEConfig.iaf_step`: gated, affine) for
+trains the paper's VAE with a diagonal posterior and with each IAF step named (`VAEConfig.iaf_step`: gated, affine, or a
+variant of one of them named in variants.PACKAGE_VARIANTS) for
 5 epochs of 10,000 training images from seed SEED, evaluates the raw weights on 1,000 evenly spaced test images (K = 16),
 and appends each posterior's test numbers, paired against the diagonal model, and its z-dependence (chapter 04,
 Eqs. 17-19, on eight test images) to figures/tables/iaf_z_study/mnist_package_results.jsonl with provenance."""
@@ -8,6 +9,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from variants import PACKAGE_VARIANTS, package_flow, package_step
 
 from iaf_repro.data import evenly_spaced, load_mnist
 from iaf_repro.evaluate import evaluate
@@ -23,11 +27,13 @@ data = load_mnist("static")
 data = replace(data, train=data.train[:10_000], test=evenly_spaced(data.test, 1000))
 probe = data.test[::125][:8]
 
-def trained(config: VAEConfig):
-    "The raw weights after 5 epochs from `seed`, and the seconds it took."
+def trained(config: VAEConfig, variant: str | None = None):
+    "The raw weights after 5 epochs from `seed` (the IAF replaced by package variant `variant`'s, if it changes the step), and the seconds it took."
     start = time.time()
     torch.manual_seed(seed)
     model = VAE(config)
+    if variant is not None and PACKAGE_VARIANTS[variant] is not None:
+        model.posterior.flow = package_flow(variant, config.latent_dim, config.context_dim, config.iaf_depth, config.iaf_width)
     model.initialize(next(data.batches("train", 100, generator=torch.Generator().manual_seed(seed))))
     with tempfile.TemporaryDirectory() as tmp:
         train(model, data, TrainConfig(epochs=5, valid_images=1000, seed=seed), Path(tmp), progress=False)
@@ -36,7 +42,7 @@ def trained(config: VAEConfig):
 diag, _ = trained(VAEConfig())
 base = evaluate(diag, data.test, k=16, seed=seed, progress=False).per_image
 for step in steps:
-    model, seconds = trained(VAEConfig(posterior="iaf", iaf_step=step))
+    model, seconds = trained(VAEConfig(posterior="iaf", iaf_step=package_step(step)), step)
     per_image = evaluate(model, data.test, k=16, seed=seed, progress=False).per_image
     row = dict(step=step, seed=seed, steps=500, train_images=10_000, test_images=len(per_image), is_samples=16,
                test_vlb=per_image.vlb.mean(), seconds=round(seconds))

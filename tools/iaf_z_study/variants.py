@@ -1,4 +1,4 @@
-"IAF step variants of the z-dependence study behind chapter 04's 'The step we train' (exploratory research code, run by mnist.py and four.py)."
+"IAF step variants of the z-dependence study behind chapter 04's 'The step we train' and 'Two more suspects' and chapter 12's last section (exploratory research code, run by mnist.py and four.py; PACKAGE_VARIANTS by mnist_package.py and four_package.py)."
 import math, torch, torch.nn.functional as F
 from torch import nn
 from iaf_repro.made import MADE, MaskedLinear, made_degrees, made_masks
@@ -109,3 +109,75 @@ VARIANTS = {
   "add+unit+exp1+zero": dict(context="add", init="unit", form="exp", s_scale=1.0, m_scale=1.0, s_bias=0.0, zero_out=True),
   "add+exp": dict(context="add", form="exp", s_scale=0.1, m_scale=0.1, s_bias=0.0),
 }
+
+# ---- the package's own steps with one change each: the hypotheses of chapter 04's "Does the flow use z?" ----
+from iaf_repro.iaf import IAF, IAF_STEPS, AffineIAFStep
+
+def unit_gain(made) -> None:
+    "Redraw a MADE's hidden weights at unit gain for z and for h after its masks changed (as AffineIAFStep draws them; output layer kept at zero)."
+    *hidden, output = [layer for layer in made.net if isinstance(layer, MaskedLinear)]
+    with torch.no_grad():
+        for layer in hidden:
+            groups = [slice(0, made.D), slice(made.D, None)] if layer is hidden[0] else [slice(None)]
+            weight = torch.randn_like(layer.weight)
+            for cols in groups: weight[:, cols] /= layer.mask[:, cols].sum(1, keepdim=True).clamp(min=1).sqrt()
+            layer.weight.copy_(weight); layer.bias.zero_()
+
+def without_h_only_units(flow):
+    """Give every hidden unit of every step's MADE a degree of at least 1 (the degrees a MADE without context gets), so no
+    hidden unit sees h alone; h still reaches every hidden unit. The first output in the order then sees no hidden unit:
+    its m and s are constants (the encoder's mu, sigma_0 already depend on x). Same parameters, only the masks change."""
+    for step in flow.layers:
+        made = step.made
+        layers = [layer for layer in made.net if isinstance(layer, MaskedLinear)]
+        degrees = made_degrees(made.D, [layer.mask.shape[0] for layer in layers[:-1]], made.order, has_context=False)
+        for layer, mask in zip(layers, made_masks(degrees, made.n_params, made.context_dim)): layer.mask.copy_(mask)
+        if isinstance(step, AffineIAFStep): unit_gain(made)
+    return flow
+
+# name -> the change to the package's step (None: the package's step as VAEConfig(iaf_step=...) builds it)
+PACKAGE_VARIANTS = {
+    "gated": None, "affine": None,
+    "gated, forget bias 0": dict(step="gated", s_bias=0.0),        # sigma starts at 0.5: (1 - sigma) m at full weight
+    "gated, forget bias 4": dict(step="gated", s_bias=4.0),        # sigma starts at 0.98: close to the identity
+    "gated, no h-only units": dict(step="gated", h_only_units=False),
+    "affine, no h-only units": dict(step="affine", h_only_units=False),
+    "affine, L = 1": dict(step="affine", max_log_sigma=1.0),       # tighter bound on |log sigma| per step
+    "affine, L = 10": dict(step="affine", max_log_sigma=10.0),     # wider bound
+    "affine, constant sigma": dict(step="affine", learned_sigma=False),   # no scale to trade against sigma_0
+}
+
+def package_step(name: str) -> str:
+    "The VAEConfig.iaf_step a package variant starts from."
+    return name if PACKAGE_VARIANTS[name] is None else PACKAGE_VARIANTS[name]["step"]
+
+def package_flow(name: str, D: int, C: int, depth: int = 2, width: int = 320):
+    "The IAF of package variant `name` (one that is not None in PACKAGE_VARIANTS)."
+    change = dict(PACKAGE_VARIANTS[name])
+    step, h_only = change.pop("step"), change.pop("h_only_units", True)
+    learned_sigma, max_log_sigma = change.pop("learned_sigma", True), change.pop("max_log_sigma", None)
+    flow = IAF(D, C, depth, (width, width), learned_sigma, IAF_STEPS[step], **change)
+    if max_log_sigma is not None:
+        for layer in flow.layers: layer.max_log_sigma = max_log_sigma
+    return flow if h_only else without_h_only_units(flow)
+
+@torch.no_grad()
+def step_scales(flow, mu, log_sigma0, h=None, samples=32, seed=0):
+    "Per step, at samples of z_0: the mean log of its scale (log sigma for the gated step, -log sigma for the affine one) and the fraction of scales within 1% of their bound (affine) or equal to 1 in float32 (gated)."
+    g = torch.Generator().manual_seed(seed)
+    B, D = mu.shape
+    eps = torch.randn(B * samples, D, generator=g)
+    z = mu.repeat_interleave(samples, 0) + log_sigma0.exp().repeat_interleave(samples, 0) * eps
+    hh = None if h is None else h.repeat_interleave(samples, 0)
+    out = []
+    for step in flow.layers:
+        m, s = step.m_and_s(z, hh)
+        if s is None: log_scale, at_bound = torch.zeros_like(z), torch.zeros_like(z)
+        elif isinstance(step, AffineIAFStep):
+            log_scale = -step.log_sigma(s); at_bound = (log_scale.abs() > 0.99 * step.max_log_sigma).float()
+        else:
+            log_scale = F.logsigmoid(s); at_bound = (torch.sigmoid(s) == 1.0).float()
+        out.append(dict(log_scale=log_scale.mean().item(), log_scale_min=log_scale.min().item(), log_scale_max=log_scale.max().item(),
+                        at_bound=at_bound.mean().item(), s_abs_max=(0.0 if s is None else s.abs().max().item())))
+        z = step(z, hh)[0]
+    return out
