@@ -109,7 +109,7 @@ def epoch_cost(model: nn.Module, x: torch.Tensor, train_images: int = 45_000, st
                 epoch_hours=seconds * batches / 3600, threads=torch.get_num_threads(), load_avg_1min=os.getloadavg()[0])
 
 # %% ../nbs/22_cifar_simple.ipynb #dd6b5e62
-SIMPLE_PRESETS = {   # replication Table 3 row key (reference/targets.csv) -> (label, VAEConfig); depth/width as in IAF Table 1
+SIMPLE_PRESETS = {   # replication Table 3 row key (iaf_repro/reference/targets.csv) -> (label, VAEConfig); depth/width as in IAF Table 1
     "diag": ("Simple model, diagonal covariance", VAEConfig(posterior="diagonal")),
     **{f"iaf-d{d}-w{w}": (f"Simple model, IAF depth {d} width {w}", VAEConfig(posterior="iaf", iaf_depth=d, iaf_width=w))
        for d, w in [(2, 320), (2, 1920), (4, 1920), (8, 1920)]},
