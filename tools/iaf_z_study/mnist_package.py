@@ -14,7 +14,7 @@ from iaf_repro.evaluate import evaluate
 from iaf_repro.iaf import z_dependence
 from iaf_repro.train import TrainConfig, train
 from iaf_repro.utils import provenance
-from iaf_repro.vae import VAE, VAEConfig
+from iaf_repro.vae import VAEConfig, make_vae
 
 RESULTS = Path(__file__).resolve().parents[2] / "figures" / "tables" / "iaf_z_study"
 seed, steps = int(sys.argv[1]), sys.argv[2:] or ["gated", "affine"]
@@ -27,7 +27,7 @@ def trained(config: VAEConfig):
     "The raw weights after 5 epochs from `seed`, and the seconds it took."
     start = time.time()
     torch.manual_seed(seed)
-    model = VAE(config)
+    model = make_vae(config)
     model.initialize(next(data.batches("train", 100, generator=torch.Generator().manual_seed(seed))))
     with tempfile.TemporaryDirectory() as tmp:
         train(model, data, TrainConfig(epochs=5, valid_images=1000, seed=seed), Path(tmp), progress=False)
