@@ -14,9 +14,9 @@ from .elbo import importance_sampled_log_px, iwae_bound, log_importance_weights
 from .made import MADE
 from .nf import AdditiveCoupling, PlanarFlow, RadialFlow
 from .iaf import IAF, AffineIAFStep, IAFStep, iaf_log_q
-from .vae import VAE, FlowPosterior, Posterior, VAEConfig, make_posterior
+from .vae import VAE, FlowPosterior, Posterior, VAEConfig, make_posterior, make_vae
 
 __all__ = ["FlowChain", "autograd_log_det", "flow_log_prob", "log_normal_diag", "log_standard_normal",
            "importance_sampled_log_px", "iwae_bound", "log_importance_weights", "MADE",
            "AdditiveCoupling", "PlanarFlow", "RadialFlow", "IAF", "AffineIAFStep", "IAFStep", "iaf_log_q",
-           "VAE", "FlowPosterior", "Posterior", "VAEConfig", "make_posterior"]
+           "VAE", "FlowPosterior", "Posterior", "VAEConfig", "make_posterior", "make_vae"]

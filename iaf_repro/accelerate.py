@@ -108,12 +108,12 @@ def _packed_masked_weight(layer: MaskedLinear, rows: int) -> torch.Tensor:
     return _per_layer(_PACKED, layer, (layer.weight, layer.mask), lambda: onednn_pack(layer.weight * layer.mask, rows))
 
 # %% ../nbs/90_accelerate.ipynb #5f147bc1
-ROW_BLOCKS = 8                                # row blocks per staircase mask: the products cost about (n+1)/(2n) (Eq. 1)
+ROW_BLOCKS = 8                                # row blocks per staircase mask: the products cost about (n+1)/(2n) (Eq. (1))
 _STAIRS = weakref.WeakKeyDictionary()         # layer -> (version of its mask, its row blocks or None)
 
 def staircase_blocks(mask: torch.Tensor, n_blocks: int = ROW_BLOCKS, max_fraction: float = 0.9,
                      min_weights: int = 2**20) -> list[tuple[int, int, int]] | None:
-    "Row blocks `(r0, r1, c)` of `mask [out, in]`: rows r0..r1-1 use only columns before c (Eq. 1). None for a mask under `min_weights` or blocks costing over `max_fraction` of the dense product."
+    "Row blocks `(r0, r1, c)` of `mask [out, in]`: rows r0..r1-1 use only columns before c (Eq. (1)). None for a mask under `min_weights` or blocks costing over `max_fraction` of the dense product."
     n_out, n_in = mask.shape
     if mask.numel() < min_weights: return None
     edges = torch.linspace(0, n_out, min(n_blocks, n_out) + 1).round().long().tolist()
@@ -124,7 +124,7 @@ def staircase_blocks(mask: torch.Tensor, n_blocks: int = ROW_BLOCKS, max_fractio
 
 # %% ../nbs/90_accelerate.ipynb #7a672a53
 class _BlockedMaskedProduct(torch.autograd.Function):
-    "x (W ⊙ M)ᵀ + b over the row blocks of a staircase mask, and its gradients over the same blocks (Eq. 1)."
+    "x (W ⊙ M)ᵀ + b over the row blocks of a staircase mask, and its gradients over the same blocks (Eq. (1))."
     @staticmethod
     def forward(ctx, x, weight, mask, bias, blocks):
         out = x.new_empty(len(x), len(weight))
@@ -162,7 +162,7 @@ def _row_blocks(layer: MaskedLinear) -> list[tuple[int, int, int]] | None:
 
 # %% ../nbs/90_accelerate.ipynb #f7f7ecf2
 class FastMaskedLinear(MaskedLinear):
-    "Chapter 03's masked layer with two faster routes to x (W ⊙ M)ᵀ + b: oneDNN's packed weight for CPU inference, row blocks in training (Eq. 1)."
+    "Chapter 03's masked layer with two faster routes to x (W ⊙ M)ᵀ + b: oneDNN's packed weight for CPU inference, row blocks in training (Eq. (1))."
     @classmethod
     def from_plain(cls, layer: MaskedLinear, onednn: bool = True, blocks: bool = True) -> "FastMaskedLinear":
         "A fast layer holding `layer`'s own weight, bias and mask (the same tensors), with the routes it may take."

@@ -59,7 +59,7 @@ def iaf_sample(flow: IAF, n: int, h: torch.Tensor | None = None, base: DiagonalG
 
 def iaf_log_prob_of(flow: IAF, x: torch.Tensor, h: torch.Tensor | None = None,
                     base: DiagonalGaussian | None = None) -> torch.Tensor:
-    "IAF density of an arbitrary `x [B, D] -> log q(x) [B]`: u = F⁻¹(x) sequentially (D passes per step), then Eq. 4."
+    "IAF density of an arbitrary `x [B, D] -> log q(x) [B]`: u = F⁻¹(x) sequentially (D passes per step), then Eq. (4)."
     check_batch(x, flow.D, "x")
     u = flow.inverse(x, h)
     _, log_det = flow(u, h)
@@ -68,7 +68,7 @@ def iaf_log_prob_of(flow: IAF, x: torch.Tensor, h: torch.Tensor | None = None,
 # %% ../nbs/04b_maf_vs_iaf.ipynb #d98a4f05
 def maf_log_prob(flow: IAF, x: torch.Tensor, h: torch.Tensor | None = None,
                  base: DiagonalGaussian | None = None) -> torch.Tensor:
-    "MAF density of any `x [B, D] -> log q(x) [B]`: u = F(x) in one parallel pass per step, log π(u) + log-det (Eq. 5)."
+    "MAF density of any `x [B, D] -> log q(x) [B]`: u = F(x) in one parallel pass per step, log π(u) + log-det (Eq. (5))."
     check_batch(x, flow.D, "x")
     u, log_det = flow(x, h)
     return _base(flow, base).log_prob(u) + log_det
@@ -169,7 +169,7 @@ def mixture_target(radius: float = 3.0, std: float = 0.4, weights: tuple[float, 
     return td.MixtureSameFamily(td.Categorical(torch.tensor(weights, dtype=dtype)), components)
 
 def kl_estimate(log_a: torch.Tensor, log_b: torch.Tensor) -> tuple[float, float]:
-    "Monte Carlo KL(a‖b) from log-densities `[N]` at N samples of a: `(mean, standard error)` of log a − log b (Eq. 6-7)."
+    "Monte Carlo KL(a‖b) from log-densities `[N]` at N samples of a: `(mean, standard error)` of log a − log b (Eqs. (6)-(7))."
     diff = log_a - log_b
     return diff.mean().item(), (diff.std() / math.sqrt(len(diff))).item()
 
@@ -186,13 +186,13 @@ def _fit(params, loss_fn, steps: int, lr: float, progress: bool, desc: str) -> l
 
 def fit_maf_forward_kl(flow: IAF, base: DiagonalGaussian, sample_p, steps: int = 3000, batch_size: int = 256,
                        lr: float = 3e-3, progress: bool = True) -> list[float]:
-    "Maximum likelihood on fresh draws `sample_p(n) -> [n, D]`: minimise −E_p[log q] = KL(p‖q) − H(p) with Eq. 5 (Eq. 6)."
+    "Maximum likelihood on fresh draws `sample_p(n) -> [n, D]`: minimise −E_p[log q] = KL(p‖q) − H(p) with Eq. (5) (Eq. (6))."
     loss = lambda: -maf_log_prob(flow, sample_p(batch_size), base=base).mean()
     return _fit([*flow.parameters(), *base.parameters()], loss, steps, lr, progress, "MAF, forward KL")
 
 def fit_iaf_reverse_kl(flow: IAF, base: DiagonalGaussian, log_p, steps: int = 3000, batch_size: int = 256,
                        lr: float = 3e-3, progress: bool = True) -> list[float]:
-    "Minimise E_q[log q − log p̃] = KL(q‖p) − log Z with reparameterised IAF samples, `log_p: [n, D] -> [n]` (Eq. 7)."
+    "Minimise E_q[log q − log p̃] = KL(q‖p) − log Z with reparameterised IAF samples, `log_p: [n, D] -> [n]` (Eq. (7))."
     def loss():
         x, log_q = iaf_sample(flow, batch_size, base=base)
         return (log_q - log_p(x)).mean()
@@ -217,7 +217,7 @@ def fit_both(target: td.Distribution, depth: int, hidden_sizes: tuple[int, ...],
 # %% ../nbs/04b_maf_vs_iaf.ipynb #aff6440f
 def kl_both_ways(flow: IAF, base: DiagonalGaussian, role: str, target: td.Distribution, n: int = 20_000,
                  seed: int = 0) -> dict[str, tuple[float, float]]:
-    "KL(p‖q) and KL(q‖p) as `(mean, standard error)` for `flow` used as a `'maf'` or an `'iaf'`, seeded by `seed` (Eq. 6-7)."
+    "KL(p‖q) and KL(q‖p) as `(mean, standard error)` for `flow` used as a `'maf'` or an `'iaf'`, seeded by `seed` (Eqs. (6)-(7))."
     if role not in ("maf", "iaf"): raise ValueError(f"role must be 'maf' or 'iaf', got {role!r}")
     log_q = maf_log_prob if role == "maf" else iaf_log_prob_of
     g = torch.Generator().manual_seed(seed)                                   # draws of q: our own generator
@@ -272,7 +272,7 @@ def inverse_map(flow: IAF):
     return inverse
 
 def pullback_log_prob(log_p, T, u: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
-    "log p_u(u) = log p_x(T(u)) + log|det dT/du| with an autograd Jacobian; T: `(u, h) -> (x, _)`: `[B, D] -> [B]` (Eq. 9)."
+    "log p_u(u) = log p_x(T(u)) + log|det dT/du| with an autograd Jacobian; T: `(u, h) -> (x, _)`: `[B, D] -> [B]` (Eq. (9))."
     return log_p(T(u, h)[0]) + autograd_log_det(T, u, h)
 
 # %% ../nbs/04b_maf_vs_iaf.ipynb #569881fe

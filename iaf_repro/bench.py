@@ -37,8 +37,9 @@ from .accelerate import accelerate, fast_path_problem, onednn_linear, onednn_op,
 from .utils import provenance, save_figure
 from .evaluate import evaluate
 from .experiments import BUDGETS, PRESETS
-from .train import TrainConfig, train_epoch, bound_terms, demo_data, free_bits_objective, resolve_device
-from .vae import VAE, VAEConfig
+from .train import TrainConfig, train_epoch, bound_terms, free_bits_objective, resolve_device
+from .mlp_vae import demo_data
+from .vae import VAE, VAEConfig, make_vae
 
 # %% ../nbs/95_bench.ipynb #329b6a73
 BENCH_ROWS = ("diag", "iaf-d2-w320", "iaf-d2-w1920", "iaf-d4-w1920", "iaf-d8-w1920")   # IAF Table 1, in order
@@ -77,19 +78,19 @@ def bench_provenance(device: torch.device) -> dict:
 
 # %% ../nbs/95_bench.ipynb #1ef04bfa
 def _onednn_linear_flops(x_shape, *args, out_shape=None, **kwargs) -> int:
-    "FLOPs of oneDNN's linear, chapter 90's inference path for MADE: 2 · rows · n_in · n_out (Eq. 1)."
+    "FLOPs of oneDNN's linear, chapter 90's inference path for MADE: 2 · rows · n_in · n_out (Eq. (1))."
     return 2 * math.prod(x_shape) * out_shape[-1]
 
 _EXTRA_FLOPS = {} if onednn_op("_linear_pointwise") is None else {onednn_op("_linear_pointwise"): _onednn_linear_flops}
 
 def count_flops(fn) -> int:
-    "Floating-point operations `fn()` performs, counted by `FlopCounterMode` (matmuls, convolutions, oneDNN's linear; Eq. 1)."
+    "Floating-point operations `fn()` performs, counted by `FlopCounterMode` (matmuls, convolutions, oneDNN's linear; Eq. (1))."
     counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOPS)
     with counter: fn()
     return counter.get_total_flops()
 
 def training_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
-    "FLOPs per image of one training step's forward and backward pass on the batch `x [B, 1, 28, 28]` (ch. 07 Eq. 3)."
+    "FLOPs per image of one training step's forward and backward pass on the batch `x [B, 1, 28, 28]` (ch. 07 Eq. (3))."
     def step():
         vlb, recon, kl = bound_terms(model(x, 1))
         (-free_bits_objective(recon, kl)).backward()
@@ -98,7 +99,7 @@ def training_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
     return flops / len(x)
 
 def is_flops(model: torch.nn.Module, x: torch.Tensor, k: int) -> float:
-    "FLOPs per image of K-sample importance sampling, one forward pass of K posterior samples: `x [B, ...] -> float` (ch. 08 Eq. 1)."
+    "FLOPs per image of K-sample importance sampling, one forward pass of K posterior samples: `x [B, ...] -> float` (ch. 08 Eq. (1))."
     with torch.inference_mode(): return count_flops(lambda: model(x, k)) / len(x)
 
 # %% ../nbs/95_bench.ipynb #1b5ca88b
@@ -117,7 +118,7 @@ def timed(fn, repeats: int, device: torch.device, warmup: int = 1) -> list[float
 
 def gemm_backends(device: torch.device, rows: tuple[int, ...] = (100, 1600, 2048), width: int = 1920, n: int = 2048,
                   dtypes: tuple[str, ...] = DTYPES, repeats: int = 5) -> pd.DataFrame:
-    "GFLOP/s of `x [rows, k] @ W [k, k]` (k = `width`, or `n` when rows = `n`) by `torch.matmul` and, on CPU, oneDNN's linear where usable, else the reason in `skipped` (Eq. 1)."
+    "GFLOP/s of `x [rows, k] @ W [k, k]` (k = `width`, or `n` when rows = `n`) by `torch.matmul` and, on CPU, oneDNN's linear where usable, else the reason in `skipped` (Eq. (1))."
     out = []
     for m, dtype in itertools.product(rows, dtypes):
         k, torch_dtype = (n if m == n else width), (torch.bfloat16 if dtype == "bf16" else torch.float32)
@@ -135,7 +136,7 @@ def gemm_backends(device: torch.device, rows: tuple[int, ...] = (100, 1600, 2048
     return pd.DataFrame(out)
 
 def matmul_peak(device: torch.device, dtype: str = "fp32", n: int = 2048, repeats: int = 5) -> tuple[float, str]:
-    "GFLOP/s of an `n × n` by `n × n` product in `dtype` (2n³ FLOPs, Eq. 1), median of `repeats`, by the faster library: `-> (GFLOP/s, library)`."
+    "GFLOP/s of an `n × n` by `n × n` product in `dtype` (2n³ FLOPs, Eq. (1)), median of `repeats`, by the faster library: `-> (GFLOP/s, library)`."
     square = gemm_backends(device, rows=(n,), n=n, dtypes=(dtype,), repeats=repeats)
     best = square.loc[square.gflop_s.idxmax()]
     return float(best.gflop_s), best.backend
@@ -198,9 +199,9 @@ def _autocast(device: torch.device, dtype: str):
     return torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
 
 def build_model(preset: str, x: torch.Tensor, device: torch.device, seed: int = 0, **routes) -> VAE:
-    "A bench preset's model on `device`, seeded, accelerated (ch. 90; `routes`: its arguments), with the data-dependent init on `x` (ch. 06 Eq. 4)."
+    "A bench preset's model on `device`, seeded, accelerated (ch. 90; `routes`: its arguments), with the data-dependent init on `x` (ch. 06 Eq. (4))."
     torch.manual_seed(seed)
-    model = accelerate(VAE(get_bench_preset(preset)), **routes).to(device)
+    model = accelerate(make_vae(get_bench_preset(preset)), **routes).to(device)
     model.initialize(x.to(device))
     return model
 

@@ -29,7 +29,7 @@ def paired_bits_per_dim(a: str, b: str, budget: str = "cpu", results_dir: Path =
 
 # %% ../nbs/24_cifar_tables.ipynb #02f1f7d0
 def _curves_title(names: list[str], budget: str) -> str:
-    "The training curves' title: ResNet runs with free bits train on chapter 23's Eq. 5, so their train KL is the free-bits term, not the bound's."
+    "The training curves' title: ResNet runs with free bits train on chapter 23's Eq. (5), so their train KL is the free-bits term, not the bound's."
     free_bits = any(getattr(CIFAR_PRESETS[n].model, "free_bits", 0) > 0 for n in names)
     what = "reconstruction and KL per epoch (nats; train KL of ResNet runs: the free-bits term)" if free_bits else "the two terms of the bound per epoch (nats)"
     return f"CIFAR-10 runs, `{budget}` budget: {what}"

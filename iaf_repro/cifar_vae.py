@@ -34,11 +34,10 @@ def check_pixels(x: torch.Tensor, name: str = "x") -> int:
 class CifarVAE(VAE):
     "The MNIST VAE on CIFAR-10: `x uint8 [B, 3, 32, 32], k -> Terms [k, B]` with a discretized logistic p(x|z) (IAF App. B-C; replication Table 3)."
     def __init__(self, config: VAEConfig):
-        nn.Module.__init__(self)
-        self.config = config
-        self.posterior = make_posterior(config)
-        self.encoder = Encoder(config, self.posterior.context_dim, in_channels=IMAGE_SHAPE[0])
-        self.decoder = Decoder(config, out_channels=IMAGE_SHAPE[0], first_output_padding=1)
+        posterior = make_posterior(config)                                             # built in make_vae's order
+        encoder = Encoder(config, posterior.context_dim, in_channels=IMAGE_SHAPE[0])
+        decoder = Decoder(config, out_channels=IMAGE_SHAPE[0], first_output_padding=1)
+        super().__init__(encoder, decoder, posterior, config.latent_dim)
         self.likelihood = DiscretizedLogistic(IMAGE_SHAPE[0])
 
     def encode(self, x: torch.Tensor):
@@ -54,7 +53,7 @@ class CifarVAE(VAE):
 
 # %% ../nbs/22_cifar_simple.ipynb #90f92059
 def initialize_weight_norm(model: nn.Module, *inputs) -> None:
-    "Data-dependent init of every weight-normalized layer of `model` by one forward pass on `inputs` (S&K Sec. 3; chapter 06 Eq. 4)."
+    "Data-dependent init of every weight-normalized layer of `model` by one forward pass on `inputs` (S&K Sec. 3; chapter 06 Eq. (4))."
     layers = [m for m in model.modules() if isinstance(m, WeightNormLayer)]
     for layer in layers: layer.pending_init = True
     with torch.no_grad(): model(*inputs)
@@ -62,7 +61,7 @@ def initialize_weight_norm(model: nn.Module, *inputs) -> None:
 
 @patch
 def initialize(self: CifarVAE, x: torch.Tensor) -> None:
-    "Data-dependent weight-norm init on one uint8 batch `x [B >= 2, 3, 32, 32]` (chapter 06 Eq. 4)."
+    "Data-dependent weight-norm init on one uint8 batch `x [B >= 2, 3, 32, 32]` (chapter 06 Eq. (4))."
     if check_pixels(x) < 2: raise ValueError("initialize needs a batch of at least 2 images to measure a spread")
     initialize_weight_norm(self, x)
 
@@ -79,7 +78,7 @@ def reconstruct(self: CifarVAE, x: torch.Tensor) -> torch.Tensor:
 def sample(self: CifarVAE, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     "Images x ~ p(x|z), z ~ N(0, I): `-> uint8 [n, 3, 32, 32]`."
     p = next(self.parameters())
-    z = torch.randn(positive_int(n, "n"), self.config.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
+    z = torch.randn(positive_int(n, "n"), self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
     return self.likelihood.sample(self.decoder(z), generator)
 
 # %% ../nbs/22_cifar_simple.ipynb #8f52d6a4

@@ -44,14 +44,14 @@ def check_broadcast(t: torch.Tensor, target: torch.Tensor, name: str, target_nam
 LOG_2PI = math.log(2 * math.pi)
 
 def log_normal_diag(z: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
-    "log N(z; mu, diag sigma^2) summed over the last dim: `[B, D] -> [B]`; mu, log_sigma broadcast to z (Eq. 1)."
+    "log N(z; mu, diag sigma^2) summed over the last dim: `[B, D] -> [B]`; mu, log_sigma broadcast to z (Eq. (1))."
     check_batch(z)
     check_broadcast(mu, z, "mu", "z"); check_broadcast(log_sigma, z, "log_sigma", "z")
     eps = (z - mu) * torch.exp(-log_sigma)
     return -(0.5 * eps**2 + log_sigma + 0.5 * LOG_2PI).sum(-1)
 
 def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
-    "log N(z; 0, I) summed over the last dim: `[B, D] -> [B]` (Eq. 1 with mu=0, sigma=1)."
+    "log N(z; 0, I) summed over the last dim: `[B, D] -> [B]` (Eq. (1) with mu=0, sigma=1)."
     check_batch(z)
     return -0.5 * (z**2 + LOG_2PI).sum(-1)
 
@@ -65,7 +65,7 @@ def _cubic_inverse(y):
     return torch.sign(q + r) * (q + r).abs() ** (1 / 3) + torch.sign(q - r) * (q - r).abs() ** (1 / 3)
 
 def _cubic_log_density(y):
-    "log g(y) by Eq. 2 for x ~ N(0, 1), y = x^3/3 + x: log N(x; 0, 1) - log|H'(x)|, x = H^{-1}(y)."
+    "log g(y) by Eq. (2) for x ~ N(0, 1), y = x^3/3 + x: log N(x; 0, 1) - log|H'(x)|, x = H^{-1}(y)."
     x = _cubic_inverse(y)
     return log_standard_normal(x[:, None]) - torch.log(x**2 + 1)
 
@@ -123,7 +123,7 @@ class FlowChain(nn.Module):
         return z, total
 
 def flow_log_prob(log_q0: torch.Tensor, log_det: torch.Tensor) -> torch.Tensor:
-    "log q_K(z_K) from the base log-density of z_0 and the chain's summed log-det: `[B], [B] -> [B]` (Eq. 5)."
+    "log q_K(z_K) from the base log-density of z_0 and the chain's summed log-det: `[B], [B] -> [B]` (Eq. (5))."
     return log_q0 - log_det
 
 # %% ../nbs/00_change_of_variables.ipynb #cc83a2d2

@@ -22,13 +22,13 @@ BIN_HALF_WIDTH = 1 / 255                 # δ: bins of width 2/255 on [-1, 1]
 CIFAR_DIMS = 3 * 32 * 32                 # D, the dimensions bits/dim divides by
 
 def to_unit(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    "Map uint8 pixels {0..255} to bin centres in [-1, 1], x̃ = x/127.5 - 1: `uint8 [...] -> float [...]` (Eq. 1)."
+    "Map uint8 pixels {0..255} to bin centres in [-1, 1], x̃ = x/127.5 - 1: `uint8 [...] -> float [...]` (Eq. (1))."
     if x.dtype != torch.uint8: raise TypeError(f"pixels must be a uint8 tensor of values 0..255, got {x.dtype}")
     return x.to(dtype) / 127.5 - 1
 
 # %% ../nbs/21_discretized_logistic.ipynb #08031d25
 def discretized_logistic_log_prob(x: torch.Tensor, mu: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-    "log P(x | μ, s) per sub-pixel, edge bins taking the tails, in the stable form: `uint8 x, mu, log_scale (broadcast) -> [...]` (Eqs. 1-2)."
+    "log P(x | μ, s) per sub-pixel, edge bins taking the tails, in the stable form: `uint8 x, mu, log_scale (broadcast) -> [...]` (Eqs. (1)-(2))."
     x_unit = to_unit(x, mu.dtype)
     inv_s = torch.exp(-log_scale)
     a = (x_unit + BIN_HALF_WIDTH - mu) * inv_s                                   # upper edge, in scale units
@@ -39,14 +39,14 @@ def discretized_logistic_log_prob(x: torch.Tensor, mu: torch.Tensor, log_scale: 
     return torch.where(x == 0, log_cdf_a, torch.where(x == 255, log_sf_b, interior))
 
 def discretized_logistic_log_likelihood(x: torch.Tensor, mu: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-    "log p(x|z) summed over the sub-pixels: `x uint8 [B, C, H, W], mu [..., B, C, H, W], log_scale [C, 1, 1] -> [..., B]` (Eq. 3)."
+    "log p(x|z) summed over the sub-pixels: `x uint8 [B, C, H, W], mu [..., B, C, H, W], log_scale [C, 1, 1] -> [..., B]` (Eq. (3))."
     if x.ndim != 4: raise ValueError(f"x must be a uint8 image batch [B, C, H, W], got shape {tuple(x.shape)}")
     if mu.shape[-4:] != x.shape: raise ValueError(f"mu must end in the image shape {tuple(x.shape)}, got {tuple(mu.shape)}")
     return discretized_logistic_log_prob(x, mu, log_scale).flatten(-3).sum(-1)
 
 # %% ../nbs/21_discretized_logistic.ipynb #c9ea58e3
 class DiscretizedLogistic(nn.Module):
-    "p(x|z) over 256 bins with a learned log-scale per channel: `forward(mu [..., B, C, H, W], x uint8 [B, C, H, W]) -> [..., B]` (Eq. 3)."
+    "p(x|z) over 256 bins with a learned log-scale per channel: `forward(mu [..., B, C, H, W], x uint8 [B, C, H, W]) -> [..., B]` (Eq. (3))."
     def __init__(self, channels: int = 3, init_log_scale: float = 0.0):
         super().__init__()
         self.log_scale = nn.Parameter(torch.full((channels,), float(init_log_scale)))   # one log s per channel (IAF App. C)
@@ -62,18 +62,18 @@ class DiscretizedLogistic(nn.Module):
 
     @torch.no_grad()
     def sample(self, mu: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        "x ~ p(x|z): a logistic draw y = μ + s·logit(u), u ~ U(0, 1), put in its bin: `[..., C, H, W] -> uint8` (Eq. 1)."
+        "x ~ p(x|z): a logistic draw y = μ + s·logit(u), u ~ U(0, 1), put in its bin: `[..., C, H, W] -> uint8` (Eq. (1))."
         u = torch.rand(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype).clamp(1e-6, 1 - 1e-6)
         y = mu + self.channel_log_scale().exp() * (torch.log(u) - torch.log1p(-u))
         return torch.round((y.clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
 
     def median(self, mu: torch.Tensor) -> torch.Tensor:
-        "The median bin of each sub-pixel, the bin holding μ (edges for μ outside [-1, 1]); an edge bin can be more probable: `-> uint8` (Eq. 1)."
+        "The median bin of each sub-pixel, the bin holding μ (edges for μ outside [-1, 1]); an edge bin can be more probable: `-> uint8` (Eq. (1))."
         return torch.round((mu.clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
 
 # %% ../nbs/21_discretized_logistic.ipynb #f2c6d9a8
 def plot_bin_probabilities(mus=(-0.9, 0.0, 0.97), log_scales=(-3.0, -1.5)):
-    "The 256 bin probabilities of Eq. 1 for a few locations and scales, edge bins included."
+    "The 256 bin probabilities of Eq. (1) for a few locations and scales, edge bins included."
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(9, 3.6))
     bins = torch.arange(256, dtype=torch.uint8)

@@ -36,7 +36,7 @@ def init_distributed() -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), device
 
 def ddp_wrapper(device: torch.device):
-    "The `step_wrapper` for `train`: wrap a model in DistributedDataParallel on `device` (Eq. 1)."
+    "The `step_wrapper` for `train`: wrap a model in DistributedDataParallel on `device` (Eq. (1))."
     return lambda model: DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,7 +88,7 @@ def ddp_step_worker(rank: int, world: int, init_file: str, out_dir: str) -> None
         dist.destroy_process_group()
 
 def single_process_step(world: int = 2) -> dict:
-    "The reference: one process, the same batch and noise, the mean of the shares' losses (Eq. 1), one Adamax step: `-> {params, grads}`."
+    "The reference: one process, the same batch and noise, the mean of the shares' losses (Eq. (1)), one Adamax step: `-> {params, grads}`."
     model, x = _tiny_model_and_batch()
     optimizer = torch.optim.Adamax(model.parameters(), lr=0.002)
     share = len(x) // world
@@ -98,7 +98,7 @@ def single_process_step(world: int = 2) -> dict:
     return {"params": model.state_dict(), "grads": grads}
 
 def ddp_matches_single_process(world: int = 2) -> dict:
-    "Run `world` gloo processes and the single-process reference: largest parameter difference after the step, largest gradient difference relative to the largest gradient (Eq. 1)."
+    "Run `world` gloo processes and the single-process reference: largest parameter difference after the step, largest gradient difference relative to the largest gradient (Eq. (1))."
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(ddp_step_worker, args=(world, str(Path(tmp) / "pg"), tmp), nprocs=world, join=True)
         ranks = [torch.load(Path(tmp) / f"rank{r}.pt") for r in range(world)]

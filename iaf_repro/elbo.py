@@ -21,7 +21,7 @@ from .utils import positive_int, save_figure
 # %% ../nbs/01_elbo_lotus.ipynb #597bdde5
 def gaussian_kl_diag(mu_q: torch.Tensor, log_sigma_q: torch.Tensor,
                      mu_p: torch.Tensor, log_sigma_p: torch.Tensor) -> torch.Tensor:
-    "KL(N(mu_q, sigma_q^2) || N(mu_p, sigma_p^2)) of diagonal Gaussians, summed over dims: `[B, D] x 4 -> [B]` (Eq. 5)."
+    "KL(N(mu_q, sigma_q^2) || N(mu_p, sigma_p^2)) of diagonal Gaussians, summed over dims: `[B, D] x 4 -> [B]` (Eq. (5))."
     check_batch(mu_q, name="mu_q")
     for name, t in (("log_sigma_q", log_sigma_q), ("mu_p", mu_p), ("log_sigma_p", log_sigma_p)): check_broadcast(t, mu_q, name, "mu_q")
     var_ratio = torch.exp(2 * (log_sigma_q - log_sigma_p))                 # sigma_q^2 / sigma_p^2
@@ -37,33 +37,33 @@ def _check_samples(log_w, name: str = "log_w") -> tuple[int, int]:
     return log_w.shape[0], log_w.shape[1]
 
 def log_importance_weights(log_px_given_z: torch.Tensor, log_pz: torch.Tensor, log_qz: torch.Tensor) -> torch.Tensor:
-    "log w = log p(x|z) + log p(z) - log q(z|x) for each sample: three `[K, B]` -> `[K, B]` (Eq. 6)."
+    "log w = log p(x|z) + log p(z) - log q(z|x) for each sample: three `[K, B]` -> `[K, B]` (Eq. (6))."
     terms = dict(log_px_given_z=log_px_given_z, log_pz=log_pz, log_qz=log_qz)
     shapes = {name: _check_samples(t, name) for name, t in terms.items()}
     if len(set(shapes.values())) > 1: raise ValueError(f"per-sample terms must share one shape [K, B], got {shapes}")
     return log_px_given_z + log_pz - log_qz
 
 def elbo(log_w: torch.Tensor) -> torch.Tensor:
-    "Monte Carlo ELBO: the mean of the log-weights over the samples, `[K, B] -> [B]` (Eq. 6)."
+    "Monte Carlo ELBO: the mean of the log-weights over the samples, `[K, B] -> [B]` (Eq. (6))."
     _check_samples(log_w)
     return log_w.mean(0)
 
 # %% ../nbs/01_elbo_lotus.ipynb #be2fb491
 def _push_standard_normal(mu, transform, log_det, k, generator):
-    "z = mu + transform(eps), eps ~ N(0, I), with log q from ch. 00 Eq. 5: `mu [B, D] -> (z [K, B, D], log_q [K, B])`."
+    "z = mu + transform(eps), eps ~ N(0, I), with log q from ch. 00 Eq. (5): `mu [B, D] -> (z [K, B, D], log_q [K, B])`."
     B, D = check_batch(mu, name="mu")
     eps = torch.randn(k, B, D, generator=generator, dtype=mu.dtype, device=mu.device)     # [K, B, D]
     log_q = flow_log_prob(log_standard_normal(eps.reshape(-1, D)), log_det.expand(k, B).reshape(-1))  # [K*B]
     return mu + transform(eps), log_q.reshape(k, B)
 
 def reparameterize(mu: torch.Tensor, log_sigma: torch.Tensor, k: int, generator: torch.Generator | None = None):
-    "Draw `k` samples of N(mu, diag sigma^2) per row with their log q: `[B, D] x 2 -> (z [K, B, D], log_q [K, B])` (Eq. 7)."
+    "Draw `k` samples of N(mu, diag sigma^2) per row with their log q: `[B, D] x 2 -> (z [K, B, D], log_q [K, B])` (Eq. (7))."
     if log_sigma.shape != mu.shape: raise ValueError(f"log_sigma must have the shape of mu {tuple(mu.shape)}, got {tuple(log_sigma.shape)}")
     return _push_standard_normal(mu, lambda eps: torch.exp(log_sigma) * eps, log_sigma.sum(-1), k, generator)
 
 # %% ../nbs/01_elbo_lotus.ipynb #54d1d8ea
 class LinearGaussianModel:
-    "z ~ N(0, I), x | z ~ N(W z + b, sigma_x^2 I), `W: [n_x, d_z]`, `b: [n_x]`: posterior and evidence exact (Eqs. 8-10)."
+    "z ~ N(0, I), x | z ~ N(W z + b, sigma_x^2 I), `W: [n_x, d_z]`, `b: [n_x]`: posterior and evidence exact (Eqs. (8)-(10))."
     def __init__(self, W: torch.Tensor, b: torch.Tensor, sigma_x: float):
         if W.ndim != 2: raise ValueError(f"W must be a matrix [n_x, d_z], got shape {tuple(W.shape)}")
         self.d_x, self.d_z = W.shape
@@ -82,13 +82,13 @@ class LinearGaussianModel:
 # %% ../nbs/01_elbo_lotus.ipynb #919b0e6c
 @patch
 def log_prior(self: LinearGaussianModel, z: torch.Tensor) -> torch.Tensor:
-    "log p(z) = log N(z; 0, I): `[..., d_z] -> [...]` (Eq. 8)."
+    "log p(z) = log N(z; 0, I): `[..., d_z] -> [...]` (Eq. (8))."
     if z.shape[-1] != self.d_z: raise ValueError(f"z must end in dim {self.d_z}, got {tuple(z.shape)}")
     return log_standard_normal(z.reshape(-1, self.d_z)).reshape(z.shape[:-1])
 
 @patch
 def log_likelihood(self: LinearGaussianModel, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    "log p(x|z) = log N(x; W z + b, sigma_x^2 I): `x [B, n_x], z [..., B, d_z] -> [..., B]` (Eq. 8)."
+    "log p(x|z) = log N(x; W z + b, sigma_x^2 I): `x [B, n_x], z [..., B, d_z] -> [..., B]` (Eq. (8))."
     self._check(x, z)
     mean = z @ self.W.T + self.b                                                  # [..., B, n_x]
     x_rows = x.expand_as(mean).reshape(-1, self.d_x)                              # [N, n_x]
@@ -96,12 +96,12 @@ def log_likelihood(self: LinearGaussianModel, x: torch.Tensor, z: torch.Tensor) 
 
 @patch
 def log_joint(self: LinearGaussianModel, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    "log p(x, z) = log p(x|z) + log p(z): `x [B, n_x], z [..., B, d_z] -> [..., B]` (Eq. 8)."
+    "log p(x, z) = log p(x|z) + log p(z): `x [B, n_x], z [..., B, d_z] -> [..., B]` (Eq. (8))."
     return self.log_likelihood(x, z) + self.log_prior(z)
 
 @patch
 def sample(self: LinearGaussianModel, n: int, generator: torch.Generator | None = None):
-    "Draw `n` pairs from the joint: `-> (z [n, d_z], x [n, n_x])` (Eq. 8)."
+    "Draw `n` pairs from the joint: `-> (z [n, d_z], x [n, n_x])` (Eq. (8))."
     z = torch.randn(n, self.d_z, generator=generator, dtype=self.W.dtype)
     noise = torch.randn(n, self.d_x, generator=generator, dtype=self.W.dtype)
     return z, z @ self.W.T + self.b + self.sigma_x * noise
@@ -109,12 +109,12 @@ def sample(self: LinearGaussianModel, n: int, generator: torch.Generator | None 
 # %% ../nbs/01_elbo_lotus.ipynb #547e6709
 @patch
 def posterior_precision(self: LinearGaussianModel) -> torch.Tensor:
-    "Lambda = I + W^T W / sigma_x^2, the same for every x: `-> [d_z, d_z]` (Eq. 9)."
+    "Lambda = I + W^T W / sigma_x^2, the same for every x: `-> [d_z, d_z]` (Eq. (9))."
     return torch.eye(self.d_z, dtype=self.W.dtype) + self.W.T @ self.W / self.sigma_x**2
 
 @patch
 def exact_posterior(self: LinearGaussianModel, x: torch.Tensor):
-    "p(z|x) = N(mu, L L^T): `x [B, n_x] -> (mu [B, d_z], L [d_z, d_z] lower-triangular)` (Eq. 9)."
+    "p(z|x) = N(mu, L L^T): `x [B, n_x] -> (mu [B, d_z], L [d_z, d_z] lower-triangular)` (Eq. (9))."
     self._check(x)
     cov = torch.linalg.inv(self.posterior_precision())                           # Lambda^{-1}, symmetric
     mu = ((x - self.b) / self.sigma_x**2) @ self.W @ cov                          # [B, d_z]
@@ -122,7 +122,7 @@ def exact_posterior(self: LinearGaussianModel, x: torch.Tensor):
 
 @patch
 def exact_log_px(self: LinearGaussianModel, x: torch.Tensor) -> torch.Tensor:
-    "log p(x) = log N(x; b, W W^T + sigma_x^2 I): `[B, n_x] -> [B]` (Eq. 10)."
+    "log p(x) = log N(x; b, W W^T + sigma_x^2 I): `[B, n_x] -> [B]` (Eq. (10))."
     self._check(x)
     cov = self.W @ self.W.T + self.sigma_x**2 * torch.eye(self.d_x, dtype=self.W.dtype)
     return MultivariateNormal(self.b, covariance_matrix=cov).log_prob(x)
@@ -130,7 +130,7 @@ def exact_log_px(self: LinearGaussianModel, x: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/01_elbo_lotus.ipynb #4e75ed95
 @patch
 def elbo_diag(self: LinearGaussianModel, x: torch.Tensor, mu_q: torch.Tensor, log_sigma_q: torch.Tensor) -> torch.Tensor:
-    "Closed-form ELBO for q = N(mu_q, diag sigma_q^2): `x [B, n_x], mu_q, log_sigma_q [B, d_z] -> [B]` (Eqs. 4, 5, 11)."
+    "Closed-form ELBO for q = N(mu_q, diag sigma_q^2): `x [B, n_x], mu_q, log_sigma_q [B, d_z] -> [B]` (Eqs. (4), (5), (11))."
     self._check(x, mu_q)
     fit = log_normal_diag(x, mu_q @ self.W.T + self.b, self.log_sigma_x)          # log p(x | z = mu_q): [B]
     spread = (torch.exp(2 * log_sigma_q) @ (self.W**2).T).sum(-1)                   # sum_ij W_ij^2 sigma_j^2: [B]
@@ -139,7 +139,7 @@ def elbo_diag(self: LinearGaussianModel, x: torch.Tensor, mu_q: torch.Tensor, lo
 
 @patch
 def kl_to_posterior(self: LinearGaussianModel, x: torch.Tensor, mu_q: torch.Tensor, log_sigma_q: torch.Tensor) -> torch.Tensor:
-    "KL(q || p(z|x)) for q = N(mu_q, diag sigma_q^2), the gap of Eq. 2: `-> [B]` (Eqs. 2, 9)."
+    "KL(q || p(z|x)) for q = N(mu_q, diag sigma_q^2), the gap of Eq. (2): `-> [B]` (Eqs. (2), (9))."
     mu, L = self.exact_posterior(x)
     q = MultivariateNormal(mu_q, scale_tril=torch.diag_embed(torch.exp(log_sigma_q)))
     return kl_divergence(q, MultivariateNormal(mu, scale_tril=L))
@@ -153,7 +153,7 @@ def _demo_problem():
     return model, x
 
 def _diagonal_qs(model: LinearGaussianModel, x: torch.Tensor) -> dict:
-    "Two diagonal q's centred on the posterior mean: mean-field (Eq. 12) and matched marginals: name -> (mu, log_sigma)."
+    "Two diagonal q's centred on the posterior mean: mean-field (Eq. (12)) and matched marginals: name -> (mu, log_sigma)."
     mu, L = model.exact_posterior(x)
     mean_field = -0.5 * torch.log(torch.diagonal(model.posterior_precision()))     # s_i^2 = 1 / Lambda_ii
     matched = torch.log(L.norm(dim=1))                                               # s_i^2 = (L L^T)_ii
@@ -162,19 +162,19 @@ def _diagonal_qs(model: LinearGaussianModel, x: torch.Tensor) -> dict:
 # %% ../nbs/01_elbo_lotus.ipynb #ed6fb836
 @patch
 def sample_posterior(self: LinearGaussianModel, x: torch.Tensor, k: int, generator: torch.Generator | None = None):
-    "`k` exact posterior samples z = mu + L eps with log q (a one-layer affine flow): `x [B, n_x] -> (z [K, B, d_z], log_q [K, B])` (Eqs. 9, 14)."
+    "`k` exact posterior samples z = mu + L eps with log q (a one-layer affine flow): `x [B, n_x] -> (z [K, B, d_z], log_q [K, B])` (Eqs. (9), (14))."
     mu, L = self.exact_posterior(x)
     log_det = torch.log(torch.diagonal(L)).sum()                                   # triangular Jacobian
     return _push_standard_normal(mu, lambda eps: eps @ L.T, log_det, k, generator)
 
 # %% ../nbs/01_elbo_lotus.ipynb #8bf44092
 def iwae_bound(log_w: torch.Tensor) -> torch.Tensor:
-    "IWAE estimate log (1/K sum_k w_k) computed in log space: `[K, B] -> [B]` (Eq. 15; Burda et al. 2016)."
+    "IWAE estimate log (1/K sum_k w_k) computed in log space: `[K, B] -> [B]` (Eq. (15); Burda et al. 2016)."
     K, _ = _check_samples(log_w)
     return torch.logsumexp(log_w, 0) - math.log(K)
 
 def iwae_bounds_by_k(log_w: torch.Tensor, ks: list[int]) -> torch.Tensor:
-    "IWAE estimate from the first k samples, for each k in `ks`: `[K, B] -> [len(ks), B]` (Eq. 15)."
+    "IWAE estimate from the first k samples, for each k in `ks`: `[K, B] -> [len(ks), B]` (Eq. (15))."
     K, _ = _check_samples(log_w)
     if not all(1 <= k <= K for k in ks): raise ValueError(f"every k must lie in [1, {K}], got {list(ks)}")
     return torch.stack([iwae_bound(log_w[:k]) for k in ks])
@@ -214,7 +214,7 @@ def plot_iwae_bound_vs_k(ks: list[int], bounds: dict, log_px: float, elbos: dict
 
 # %% ../nbs/01_elbo_lotus.ipynb #002b6f87
 def importance_sampled_log_px(draw_log_w: Callable[[int], torch.Tensor], k: int, chunk: int = 1024) -> torch.Tensor:
-    "log p(x) ~ logsumexp_k log w_k - log k over `k` fresh samples, `draw_log_w(n) -> [n, B]` called per chunk: `-> [B]` (Eqs. 15-16)."
+    "log p(x) ~ logsumexp_k log w_k - log k over `k` fresh samples, `draw_log_w(n) -> [n, B]` called per chunk: `-> [B]` (Eqs. (15)-(16))."
     k, chunk = positive_int(k, "k"), positive_int(chunk, "chunk")
     total, done = None, 0
     while done < k:

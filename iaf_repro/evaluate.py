@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from .elbo import importance_sampled_log_px, iwae_bounds_by_k, log_importance_weights
 from .utils import positive_int, save_figure, seeded
 from .data import evenly_spaced, load_mnist
-from .train import MLPVAE, TrainConfig, bound_terms, demo_data, load_ema_model, model_device, train
+from .train import TrainConfig, bound_terms, load_ema_model, model_device, train
+from .mlp_vae import MLPVAE, demo_data
 from .vae import VAEConfig
 
 # %% ../nbs/08_evaluate.ipynb #2b8d1705
@@ -39,7 +40,7 @@ def _check_images(images) -> int:
     return len(images)
 
 def _draw_and_score(model: nn.Module, x: torch.Tensor, k: int, chunk: int):
-    "IS log p(x) over `k` samples drawn `chunk` at a time, and all the samples' terms: `x [B, ...] -> (log_px [B], Terms [k, B])` (Eq. 1)."
+    "IS log p(x) over `k` samples drawn `chunk` at a time, and all the samples' terms: `x [B, ...] -> (log_px [B], Terms [k, B])` (Eq. (1))."
     drawn = []
     def draw_log_w(n):
         drawn.append(model(x, n))
@@ -50,7 +51,7 @@ def _draw_and_score(model: nn.Module, x: torch.Tensor, k: int, chunk: int):
 # %% ../nbs/08_evaluate.ipynb #19b72247
 def evaluate(model: nn.Module, images: torch.Tensor, k: int = 128, batch_size: int = 100, chunk: int = 16,
              seed: int = 0, progress: bool = True) -> Evaluation:
-    "Per-image VLB and IS log p(x) from the same `k` samples, their gap, reconstruction and KL, with a summary (Eqs. 1-2)."
+    "Per-image VLB and IS log p(x) from the same `k` samples, their gap, reconstruction and KL, with a summary (Eqs. (1)-(2))."
     n, device = _check_images(images), model_device(model)
     k, batch_size, chunk = (positive_int(v, name) for v, name in ((k, "k"), (batch_size, "batch_size"), (chunk, "chunk")))
     was_training = model.training
@@ -69,7 +70,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, k: int = 128, batch_size: i
 
 # %% ../nbs/08_evaluate.ipynb #cd6226e3
 def summarize(per_image: pd.DataFrame, k: int) -> dict:
-    "Mean and standard error s / sqrt(n) of each per-image column, with n and k: `{'n', 'k', 'vlb', 'vlb_se', ...}` (Eq. 3)."
+    "Mean and standard error s / sqrt(n) of each per-image column, with n and k: `{'n', 'k', 'vlb', 'vlb_se', ...}` (Eq. (3))."
     n = len(per_image)
     if n == 0: raise ValueError("per_image is empty: nothing to summarize")
     summary = {"n": n, "k": k}
@@ -81,7 +82,7 @@ def summarize(per_image: pd.DataFrame, k: int) -> dict:
 # %% ../nbs/08_evaluate.ipynb #74e62c7a
 def log_px_by_k(model: nn.Module, images: torch.Tensor, ks: list[int], batch_size: int = 100, chunk: int = 16,
                 seed: int = 0, progress: bool = True) -> pd.DataFrame:
-    "Mean IS log p(x) for each K in `ks` from nested prefixes of one draw per image, and its shortfall from K = max(ks), with standard errors (Eq. 1)."
+    "Mean IS log p(x) for each K in `ks` from nested prefixes of one draw per image, and its shortfall from K = max(ks), with standard errors (Eq. (1))."
     _check_images(images)
     device, k_max = model_device(model), max(ks)
     with seeded(seed), torch.inference_mode():

@@ -29,7 +29,7 @@ from .utils import provenance, save_figure
 from .evaluate import bits_per_dim, evaluate, plot_reconstructions, plot_training_curves
 from .train import TrainConfig, load_ema_model, resolve_device, run_progress, train, training_finished
 from .accelerate import accelerate
-from .vae import VAE, VAEConfig
+from .vae import VAE, VAEConfig, make_vae
 from .cifar import load_cifar10, cifar_subset
 from .cifar_vae import SIMPLE_PRESETS, CifarVAE
 from .discretized import CIFAR_DIMS
@@ -50,7 +50,7 @@ class Preset:
         "The untrained model: chapter 06's VAE with chapter 90's fast layers (MNIST), chapter 22's simple model or chapter 23's ResNet VAE (CIFAR-10)."
         if isinstance(self.model, ResNetConfig): return ResNetVAE(self.model)
         if self.dataset == "cifar10": return CifarVAE(self.model)
-        return accelerate(VAE(self.model))                  # the same layers, weights and math, computed by faster kernels
+        return accelerate(make_vae(self.model))             # the same layers, weights and math, computed by faster kernels
 
 _ROWS = {   # row key -> (label, VAEConfig overrides); depth and width as in IAF Table 1
     "diag": ("Diagonal covariance", dict(posterior="diagonal")),
@@ -173,7 +173,7 @@ def trained_under(sessions: list[dict], key: str) -> list:
 
 # %% ../nbs/09_experiments.ipynb #69ea9969
 def initial_model(preset: Preset, data: BinarizedMNIST, batch_size: int, seed: int, device="cpu") -> nn.Module:
-    "A preset's model, seeded and weight-norm initialized (chapter 06 Eq. 4) on the first `batch_size` images of the seeded shuffle of the whole training split: the same model on every data-parallel rank."
+    "A preset's model, seeded and weight-norm initialized (chapter 06 Eq. (4)) on the first `batch_size` images of the seeded shuffle of the whole training split: the same model on every data-parallel rank."
     torch.manual_seed(seed)
     model = preset.build_model().to(device)
     shuffled = BinarizedMNIST.batches(data, "train", batch_size, generator=torch.Generator(device).manual_seed(seed))   # unsharded, even for a rank's data

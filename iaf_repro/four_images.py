@@ -22,7 +22,8 @@ from .density import log_normal_diag, log_standard_normal
 from .utils import provenance, save_figure, seeded
 from .evaluate import evaluate
 from .iaf import z_dependence
-from .train import MLPVAE, bound_terms
+from .train import bound_terms
+from .mlp_vae import MLPVAE
 from .vae import VAE, VAEConfig, bernoulli_log_likelihood
 
 # %% ../nbs/12_four_image_posteriors.ipynb #67c17296
@@ -59,7 +60,7 @@ def latent_grid(limit: float = 4.0, n: int = 200) -> tuple[torch.Tensor, torch.T
 
 @torch.no_grad()
 def log_joint_on_grid(model: VAE, images: torch.Tensor, z: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    "log p(x|z) + log p(z) for every image at every grid point: `images [B, 1, 28, 28], z [G, 2] -> [B, G]` (Eq. 1's numerator)."
+    "log p(x|z) + log p(z) for every image at every grid point: `images [B, 1, 28, 28], z [G, 2] -> [B, G]` (Eq. (1)'s numerator)."
     rows = []
     for zc in z.split(chunk):
         logits = model.decoder(zc)                                                   # [g, 1, 28, 28], shared by all images
@@ -68,13 +69,13 @@ def log_joint_on_grid(model: VAE, images: torch.Tensor, z: torch.Tensor, chunk: 
     return torch.cat(rows).T
 
 def log_px_on_grid(log_joint: torch.Tensor, area: float) -> torch.Tensor:
-    "log p(x) by the midpoint rule: `log_joint [B, G] -> [B]` (Eq. 2)."
+    "log p(x) by the midpoint rule: `log_joint [B, G] -> [B]` (Eq. (2))."
     return torch.logsumexp(log_joint, dim=1) + math.log(area)
 
 # %% ../nbs/12_four_image_posteriors.ipynb #0ddd6b03
 @torch.no_grad()
 def log_q_on_grid(model: VAE, images: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    "log q(z|x) of each image's posterior at every grid point, through the flow's inverse: `-> [B, G]` (Eq. 3)."
+    "log q(z|x) of each image's posterior at every grid point, through the flow's inverse: `-> [B, G]` (Eq. (3))."
     mu, log_sigma, h = model.encoder(images)
     flow, rows = model.posterior.flow, []
     for b in range(len(images)):
@@ -89,7 +90,7 @@ def log_q_on_grid(model: VAE, images: torch.Tensor, z: torch.Tensor) -> torch.Te
 # %% ../nbs/12_four_image_posteriors.ipynb #31e319e3
 def posterior_report(model: VAE, images: torch.Tensor, labels: torch.Tensor, limit: float = 4.0, n: int = 200,
                      k: int = 4096, seed: int = 0) -> tuple[pd.DataFrame, torch.Tensor, torch.Tensor]:
-    "Per image: VLB and IS log p(x) from `k` samples, grid log p(x), KL(q‖p(z|x)) two ways, q's grid mass; and log q, log p(z|x) on the grid (Eqs. 2-4)."
+    "Per image: VLB and IS log p(x) from `k` samples, grid log p(x), KL(q‖p(z|x)) two ways, q's grid mass; and log q, log p(z|x) on the grid (Eqs. (2)-(4))."
     z, _, area = latent_grid(limit, n)
     log_joint = log_joint_on_grid(model, images, z)
     log_px = log_px_on_grid(log_joint, area)                                      # [B]
@@ -98,7 +99,7 @@ def posterior_report(model: VAE, images: torch.Tensor, labels: torch.Tensor, lim
     sampled = evaluate(model, images, k=k, seed=seed, progress=False).per_image
     report = pd.DataFrame(dict(image=range(1, len(images) + 1), digit=labels.tolist(), vlb=sampled.vlb, log_px_is=sampled.log_px,
                                log_px_grid=log_px.double().numpy(), rate=sampled.kl))
-    report["kl_to_posterior"] = report.log_px_grid - report.vlb                   # Eq. 4
+    report["kl_to_posterior"] = report.log_px_grid - report.vlb                   # Eq. (4)
     report["kl_to_posterior_grid"] = (q_cell * (log_q - log_post)).sum(1).double().numpy()
     report["q_mass_on_grid"] = q_cell.sum(1).double().numpy()
     return report, log_q, log_post

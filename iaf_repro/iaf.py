@@ -35,18 +35,18 @@ class IAFStep(nn.Module):
             with torch.no_grad(): self.made.net[-1].bias[D:] = s_bias       # outputs are [m_1..m_D, s_1..s_D]
 
     def m_and_s(self, z: torch.Tensor, h: torch.Tensor | None = None):
-        "One MADE pass: `(m [B, D], s [B, D])`, s is None for constant σ (ch. 04 Eq. 6; IAF Alg. 1)."
+        "One MADE pass: `(m [B, D], s [B, D])`, s is None for constant σ (ch. 04 Eq. (6); IAF Alg. 1)."
         out = self.made(z, h)                                               # [B, n_params, D]
         return out[:, 0], (out[:, 1] if self.learned_sigma else None)
 
     def forward(self, z: torch.Tensor, h: torch.Tensor | None = None):
         m, s = self.m_and_s(z, h)
-        if s is None: return z + m, z.new_zeros(z.shape[0])                 # Eq. 8: volume preserving
+        if s is None: return z + m, z.new_zeros(z.shape[0])                 # Eq. (8): volume preserving
         sigma = torch.sigmoid(s)
-        return sigma * z + (1 - sigma) * m, F.logsigmoid(s).sum(-1)        # Eq. 6, Eq. 7
+        return sigma * z + (1 - sigma) * m, F.logsigmoid(s).sum(-1)        # Eq. (6), Eq. (7)
 
     def solve(self, z_new_i: torch.Tensor, m_i: torch.Tensor, s_i: torch.Tensor | None) -> torch.Tensor:
-        "Eq. 6 (or Eq. 8 when `s_i` is None) solved for z_i in one dimension, given that dimension's m_i and s_i: `[B] -> [B]`."
+        "Eq. (6) (or Eq. (8) when `s_i` is None) solved for z_i in one dimension, given that dimension's m_i and s_i: `[B] -> [B]`."
         if s_i is None: return z_new_i - m_i
         sigma = torch.sigmoid(s_i)
         return (z_new_i - (1 - sigma) * m_i) / sigma
@@ -91,11 +91,11 @@ class IAF(FlowChain):
 
 # %% ../nbs/04_iaf.ipynb #02cc13b1
 def iaf_log_q(eps: torch.Tensor, log_sigma0: torch.Tensor, log_det: torch.Tensor) -> torch.Tensor:
-    "log q(z_T|x) from the noise `eps [B, D]`, the encoder's `log_sigma0 [B, D]` and the chain's `log_det [B]` (IAF Eq. 11)."
+    "log q(z_T|x) from the noise `eps [B, D]`, the encoder's `log_sigma0 [B, D]` and the chain's `log_det [B]` (Eq. (10); IAF Eq. 11)."
     B, D = check_batch(eps, name="eps")
     if log_det.shape != (B,): raise ValueError(f"log_det must have shape ({B},), got {tuple(log_det.shape)}")
     log_q0 = log_standard_normal(eps) - log_sigma0.expand(B, D).sum(-1)      # log N(z_0; mu, diag sigma_0^2)
-    return flow_log_prob(log_q0, log_det)                                     # Eq. 10
+    return flow_log_prob(log_q0, log_det)                                     # Eq. (10), IAF Eq. 11
 
 # %% ../nbs/04_iaf.ipynb #b48f6b01
 class LinearIAFStep(nn.Module):
@@ -109,7 +109,7 @@ class LinearIAFStep(nn.Module):
         self.register_buffer("mask", torch.tril(torch.ones(D, D), diagonal=-1))   # strictly lower: m_i sees z_<i
 
     def affine(self):
-        "The map as `(L [D, D], c [D])` with z_new = L z + c (Eq. 11)."
+        "The map as `(L [D, D], c [D])` with z_new = L z + c (Eq. (11))."
         sigma = torch.sigmoid(self.s)
         return torch.diag(sigma) + (1 - sigma)[:, None] * (self.W * self.mask), (1 - sigma) * self.b
 
@@ -121,18 +121,18 @@ class LinearIAFStep(nn.Module):
 
 # %% ../nbs/04_iaf.ipynb #03c41e50
 def linear_iaf_covariance(step: LinearIAFStep, sigma0: torch.Tensor) -> torch.Tensor:
-    "Covariance of z_1 = L z_0 + c for z_0 with diagonal std `sigma0 [D]`: L diag(σ0²) Lᵀ `[D, D]` (Eq. 12)."
+    "Covariance of z_1 = L z_0 + c for z_0 with diagonal std `sigma0 [D]`: L diag(σ0²) Lᵀ `[D, D]` (Eq. (12))."
     L, _ = step.affine()
     return L @ torch.diag(sigma0**2) @ L.T
 
 # %% ../nbs/04_iaf.ipynb #d74e91ae
 def gaussian_kl(mean_q: torch.Tensor, cov_q: torch.Tensor, mean_p: torch.Tensor, cov_p: torch.Tensor) -> torch.Tensor:
-    "KL(N(mean_q, cov_q) || N(mean_p, cov_p)) in nats, closed form: `[D], [D, D], [D], [D, D] -> []` (Eq. 13)."
+    "KL(N(mean_q, cov_q) || N(mean_p, cov_p)) in nats, closed form: `[D], [D, D], [D], [D, D] -> []` (Eq. (13))."
     mvn = torch.distributions.MultivariateNormal
     return torch.distributions.kl_divergence(mvn(mean_q, cov_q), mvn(mean_p, cov_p))
 
 def diagonal_kl_floor(cov_p: torch.Tensor) -> float:
-    "Smallest reverse KL a diagonal Gaussian can reach against N(·, cov_p): ½[log det Σ + Σ_i log Λ_ii] (Eq. 14)."
+    "Smallest reverse KL a diagonal Gaussian can reach against N(·, cov_p): ½[log det Σ + Σ_i log Λ_ii] (Eq. (14))."
     return 0.5 * (torch.logdet(cov_p) + torch.linalg.inv(cov_p).diagonal().log().sum()).item()
 
 # %% ../nbs/04_iaf.ipynb #d50316d0
@@ -162,22 +162,22 @@ def fit_linear_iaf(mean_p: torch.Tensor, cov_p: torch.Tensor, linear_iaf: bool =
 
     def q_mean_cov(mu, log_sigma0):
         L, c = step.affine() if step else (torch.eye(D), torch.zeros(D))
-        return L @ mu + c, L @ torch.diag(torch.exp(2 * log_sigma0)) @ L.T      # Eq. 11, Eq. 12
+        return L @ mu + c, L @ torch.diag(torch.exp(2 * log_sigma0)) @ L.T      # Eq. (11), Eq. (12)
 
-    exact_kl = lambda mu, log_sigma0: gaussian_kl(*q_mean_cov(mu, log_sigma0), mean_p, cov_p).item()   # Eq. 13
+    exact_kl = lambda mu, log_sigma0: gaussian_kl(*q_mean_cov(mu, log_sigma0), mean_p, cov_p).item()   # Eq. (13)
     target = torch.distributions.MultivariateNormal(mean_p, cov_p)
     history, mu, log_sigma0 = _fit_diagonal_base(step, target.log_prob, D, n_steps, batch, lr, seed, record=exact_kl)
     with torch.no_grad(): return history, *q_mean_cov(mu, log_sigma0)
 
 # %% ../nbs/04_iaf.ipynb #c11936f4
 def funnel_log_prob(x: torch.Tensor, c: float = 2.0) -> torch.Tensor:
-    "Funnel log-density, x_1 ~ N(0, 1) and x_2 | x_1 ~ N(0, e^{c x_1}): `x [B, 2] -> [B]` (Eq. 15; after Neal 2003)."
+    "Funnel log-density, x_1 ~ N(0, 1) and x_2 | x_1 ~ N(0, e^{c x_1}): `x [B, 2] -> [B]` (Eq. (15); after Neal 2003)."
     check_batch(x, 2, "x")
     log_std = torch.stack([torch.zeros_like(x[:, 0]), c * x[:, 0] / 2], 1)   # [B, 2]: log std of x_1, of x_2 | x_1
     return log_normal_diag(x, torch.zeros_like(x), log_std)
 
 def location_only_kl_floor(c: float = 2.0) -> float:
-    "Smallest reverse KL to the funnel reachable by a diagonal Gaussian and one constant-σ IAF step: ½ log(1 + c²/2) (Eq. 16)."
+    "Smallest reverse KL to the funnel reachable by a diagonal Gaussian and one constant-σ IAF step: ½ log(1 + c²/2) (Eq. (16))."
     return 0.5 * math.log1p(c**2 / 2)
 
 # %% ../nbs/04_iaf.ipynb #44391be0
@@ -196,7 +196,7 @@ def fit_funnel(learned_sigma: bool, c: float = 2.0, n_steps: int = 800, hidden_s
 
 # %% ../nbs/04_iaf.ipynb #911999cf
 def plot_funnel_fits(fits: dict, c: float = 2.0, n_samples: int = 2000, seed: int = 0):
-    "Samples of the funnel and of its learned-σ and constant-σ IAF fits, plus the fits' loss curves (Eq. 15-16)."
+    "Samples of the funnel and of its learned-σ and constant-σ IAF fits, plus the fits' loss curves (Eqs. (15)-(16))."
     import matplotlib.pyplot as plt
     g = torch.Generator().manual_seed(seed)
     x1 = torch.randn(n_samples, generator=g)
@@ -228,19 +228,19 @@ def _layer_jacobians(layer: nn.Module, z: torch.Tensor, h: torch.Tensor | None) 
     return torch.func.vmap(torch.func.jacrev(one), in_dims=(0, None if h is None else 0))(z, h)
 
 def _z_dependence_at(flow: FlowChain, z0: torch.Tensor, h: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    "Eqs. 17-19 for one image from its samples `z0 [S, D]` (context rows `h [S, C]`)."
+    "Eqs. (17)-(19) for one image from its samples `z0 [S, D]` (context rows `h [S, C]`)."
     S, D = z0.shape
     z, J = z0, torch.eye(D, dtype=z0.dtype).expand(S, D, D)
     shift_spread, log_scale_spread, scales = [], [], []
     for layer in flow.layers:
         J_t = _layer_jacobians(layer, z, h)                                   # [S, D, D]
         z_next = layer(z, h)[0]
-        scale = torch.diagonal(J_t, dim1=1, dim2=2)                           # [S, D]: sigma_t (Eq. 4)
-        shift = z_next - scale * z                                            # Eq. 18
+        scale = torch.diagonal(J_t, dim1=1, dim2=2)                           # [S, D]: sigma_t (Eq. (4))
+        shift = z_next - scale * z                                            # Eq. (18)
         shift_spread.append((shift.std(0) / z.std(0).clamp(min=1e-300)).mean())
         log_scale_spread.append(scale.abs().log().std(0).mean())
         scales.append(scale)
-        J, z = J_t @ J, z_next                                                # chain rule (Eq. 9)
+        J, z = J_t @ J, z_next                                                # chain rule (Eq. (9))
     diag = torch.diagonal(J, dim1=1, dim2=2)
     mean_J, scales = J.mean(0), torch.cat(scales)
     gated = any(getattr(layer, "learned_sigma", True) for layer in flow.layers)   # constant-sigma steps have no gate
@@ -254,7 +254,7 @@ def _z_dependence_at(flow: FlowChain, z0: torch.Tensor, h: torch.Tensor | None) 
 # %% ../nbs/04_iaf.ipynb #0492197a
 def z_dependence(flow: FlowChain, mu: torch.Tensor, log_sigma0: torch.Tensor, h: torch.Tensor | None = None,
                  samples: int = 32, seed: int = 0) -> dict[str, float]:
-    "How much a posterior flow depends on z: Eqs. 17-19 and the gate, from float64 Jacobians at `samples` draws per image of `mu, log_sigma0 [B, D]`, averaged over the images."
+    "How much a posterior flow depends on z: Eqs. (17)-(19) and the gate, from float64 Jacobians at `samples` draws per image of `mu, log_sigma0 [B, D]`, averaged over the images."
     B, D = check_batch(mu, name="mu")
     if log_sigma0.shape != mu.shape: raise ValueError(f"log_sigma0 must have the shape of mu {tuple(mu.shape)}, got {tuple(log_sigma0.shape)}")
     if h is not None and check_batch(h, name="h")[0] != B: raise ValueError(f"h has batch {len(h)}, but mu has batch {B}")
@@ -270,7 +270,7 @@ def z_dependence(flow: FlowChain, mu: torch.Tensor, log_sigma0: torch.Tensor, h:
 
 # %% ../nbs/04_iaf.ipynb #f18c0d05
 def _unit_gain_init(made: MADE) -> None:
-    "Draw MADE's weights so z and h each reach the first hidden layer with unit gain, every later layer too; zero its output layer (Eq. 20's start)."
+    "Draw MADE's weights so z and h each reach the first hidden layer with unit gain, every later layer too; zero its output layer (Eq. (20)'s start)."
     *hidden, output = [layer for layer in made.net if isinstance(layer, MaskedLinear)]
     with torch.no_grad():
         for layer in hidden:
@@ -283,9 +283,9 @@ def _unit_gain_init(made: MADE) -> None:
         output.weight.zero_(); output.bias.zero_()
 
 class AffineIAFStep(IAFStep):
-    "IAF step as openai/iaf writes it, started at the identity: `z [B, D], h -> (z_new, log_det [B])`, z_new = (z − μ)⊙exp(−log σ) (Eq. 20)."
+    "IAF step as openai/iaf writes it, started at the identity: `z [B, D], h -> (z_new, log_det [B])`, z_new = (z − μ)⊙exp(−log σ) (Eq. (20))."
     scale = 0.1                                                            # openai/iaf: the MADE's outputs times 0.1
-    max_log_sigma = 3.0                                                    # ours: |log σ| < 3 per step (Eq. 20, see the text)
+    max_log_sigma = 3.0                                                    # ours: |log σ| < 3 per step (Eq. (20), see the text)
 
     def __init__(self, D: int, context_dim: int = 0, hidden_sizes: list[int] = (320, 320),
                  learned_sigma: bool = True, reverse: bool = False):
@@ -297,14 +297,14 @@ class AffineIAFStep(IAFStep):
         mu = self.scale * m
         if s is None: return z - mu, z.new_zeros(z.shape[0])                 # constant sigma: volume preserving
         log_sigma = self.log_sigma(s)
-        return (z - mu) * torch.exp(-log_sigma), -log_sigma.sum(-1)         # Eq. 20
+        return (z - mu) * torch.exp(-log_sigma), -log_sigma.sum(-1)         # Eq. (20)
 
     def log_sigma(self, s: torch.Tensor) -> torch.Tensor:
-        "log σ = L tanh(0.1 s / L): 0.1 s near 0, never beyond ±L (Eq. 20)."
+        "log σ = L tanh(0.1 s / L): 0.1 s near 0, never beyond ±L (Eq. (20))."
         return self.max_log_sigma * torch.tanh(self.scale * s / self.max_log_sigma)
 
     def solve(self, z_new_i: torch.Tensor, m_i: torch.Tensor, s_i: torch.Tensor | None) -> torch.Tensor:
-        "Eq. 20 solved for z_i in one dimension: z_i = z_new_i σ_i + μ_i."
+        "Eq. (20) solved for z_i in one dimension: z_i = z_new_i σ_i + μ_i."
         sigma = 1.0 if s_i is None else torch.exp(self.log_sigma(s_i))
         return z_new_i * sigma + self.scale * m_i
 
@@ -312,7 +312,7 @@ IAF_STEPS = {"gated": IAFStep, "affine": AffineIAFStep}   # VAEConfig.iaf_step -
 
 # %% ../nbs/04_iaf.ipynb #b5e96858
 def plot_z_study(study: "pd.DataFrame"):
-    "Per IAF variant of the study table (index: variant): its z-dependence (Eq. 17, log scale) and its test VLB and gap minus the diagonal model's (±1 s.e.)."
+    "Per IAF variant of the study table (index: variant): its z-dependence (Eq. (17), log scale) and its test VLB and gap minus the diagonal model's (±1 s.e.)."
     import matplotlib.pyplot as plt
     rows = study.drop(index="diag", errors="ignore")
     y = np.arange(len(rows))
@@ -362,7 +362,7 @@ def _ellipse(mean, cov, n_std=2.0, n=200):
 
 # %% ../nbs/04_iaf.ipynb #1acf0ae9
 def plot_linear_iaf(n_steps: int = 300, n_samples: int = 3000, seed: int = 0):
-    "Appendix A: samples vs Eq. 12 covariance, reverse-KL fit curves, fitted vs target contours (IAF App. A)."
+    "Appendix A: samples vs Eq. (12) covariance, reverse-KL fit curves, fitted vs target contours (IAF App. A)."
     import matplotlib.pyplot as plt
     step = LinearIAFStep(2)
     with torch.no_grad(): step.W[1, 0] = 6.0; step.s.fill_(2.0)

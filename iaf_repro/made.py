@@ -38,10 +38,10 @@ def made_masks(degrees: list[torch.Tensor], n_params: int = 1, context_dim: int 
     inputs = torch.cat([z_degrees, torch.full((context_dim,), CONTEXT_DEGREE)])    # [D + C]: z first, then h
     masks, below = [], inputs
     for layer in hidden:
-        masks.append((layer[:, None] >= below[None, :]).float())                   # Eq. 1, [H_l, H_{l-1}]
+        masks.append((layer[:, None] >= below[None, :]).float())                   # Eq. (1), [H_l, H_{l-1}]
         below = layer
     outputs = z_degrees.repeat(n_params)                                            # [n_params * D]
-    masks.append((outputs[:, None] > below[None, :]).float())                      # Eq. 2, [n_params*D, H_L]
+    masks.append((outputs[:, None] > below[None, :]).float())                      # Eq. (2), [n_params*D, H_L]
     return masks
 
 # %% ../nbs/03_made.ipynb #b2e0d7b9

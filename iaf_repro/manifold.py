@@ -15,7 +15,7 @@ import torch
 from .data import load_mnist, static_test_labels
 from .utils import save_figure, seeded
 from .experiments import get_preset, trained_model
-from .vae import VAE
+from .vae import VAE, make_vae
 
 # %% ../nbs/13_latent_manifold.ipynb #4ef5f6af
 def quantile_grid(n: int = 20, margin: float = 0.5) -> torch.Tensor:

@@ -32,7 +32,7 @@ def _check_unused_context(h: torch.Tensor | None, batch: int) -> None:
 
 # %% ../nbs/02_planar_radial.ipynb #a7e4d726
 def planar_u_hat(u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    "û = u + (m(wᵀu) - wᵀu) w/‖w‖², m(a) = -1 + softplus(a), and the margin 1 + wᵀû = softplus(wᵀu) > 0: `[D], [D] -> (û [D], margin [])` (Eq. 5)."
+    "û = u + (m(wᵀu) - wᵀu) w/‖w‖², m(a) = -1 + softplus(a), and the margin 1 + wᵀû = softplus(wᵀu) > 0: `[D], [D] -> (û [D], margin [])` (Eq. (5))."
     w_dot_u = w @ u
     margin = F.softplus(w_dot_u)                               # 1 + m(wᵀu), without forming m: no cancellation
     w_norm_sq = (w @ w).clamp_min(torch.finfo(w.dtype).tiny)    # ‖w‖ SQUARED; w = 0 gives û = u
@@ -40,7 +40,7 @@ def planar_u_hat(u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 # %% ../nbs/02_planar_radial.ipynb #8a5154e1
 class PlanarFlow(nn.Module):
-    "Planar flow f(z) = z + û tanh(wᵀz + b): `z: [B, D] -> (z_new [B, D], log_det [B])` (Eqs. 1, 3, 5)."
+    "Planar flow f(z) = z + û tanh(wᵀz + b): `z: [B, D] -> (z_new [B, D], log_det [B])` (Eqs. (1), (3), (5))."
     def __init__(self, dim: int):
         super().__init__()
         if dim < 1: raise ValueError(f"a planar layer needs dim >= 1, got {dim}")
@@ -61,7 +61,7 @@ class PlanarFlow(nn.Module):
 @patch
 @torch.no_grad()
 def inverse(self: PlanarFlow, y: torch.Tensor, h: torch.Tensor | None = None, n_iter: int = 64) -> torch.Tensor:
-    "Invert the planar map by bisection on the 1-D monotone equation t = s + wᵀû tanh(s); `h` is ignored: `[B, D] -> [B, D]` (Eq. 4)."
+    "Invert the planar map by bisection on the 1-D monotone equation t = s + wᵀû tanh(s); `h` is ignored: `[B, D] -> [B, D]` (Eq. (4))."
     B, _ = check_batch(y, self.dim, "y")
     _check_unused_context(h, B)
     u_hat, margin = planar_u_hat(self.u, self.w)
@@ -75,12 +75,12 @@ def inverse(self: PlanarFlow, y: torch.Tensor, h: torch.Tensor | None = None, n_
 
 # %% ../nbs/02_planar_radial.ipynb #ab94b9f5
 def radial_alpha_beta(alpha_raw: torch.Tensor, beta_raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    "α = softplus(α̃) + 10⁻⁶ > 0 and β = -α + softplus(β̃) ≥ -α from unconstrained parameters (Eq. 9)."
+    "α = softplus(α̃) + 10⁻⁶ > 0 and β = -α + softplus(β̃) ≥ -α from unconstrained parameters (Eq. (9))."
     alpha = F.softplus(alpha_raw) + 1e-6                       # α_min = 1e-6: softplus alone underflows to 0
     return alpha, -alpha + F.softplus(beta_raw)
 
 class RadialFlow(nn.Module):
-    "Radial flow f(z) = z + β (z - z0)/(α + r), r = ‖z - z0‖: `z: [B, D] -> (z_new [B, D], log_det [B])` (Eqs. 6, 8, 9)."
+    "Radial flow f(z) = z + β (z - z0)/(α + r), r = ‖z - z0‖: `z: [B, D] -> (z_new [B, D], log_det [B])` (Eqs. (6), (8), (9))."
     def __init__(self, dim: int):
         super().__init__()
         if dim < 1: raise ValueError(f"a radial layer needs dim >= 1, got {dim}")
@@ -96,14 +96,14 @@ class RadialFlow(nn.Module):
         diff = z - self.z0                                     # [B, D]
         r = diff.norm(dim=1)                                   # [B]
         beta_eta = beta / (alpha + r)                          # β η(α, r): [B]
-        log_det = (D - 1) * torch.log1p(beta_eta) + torch.log1p(beta_eta * alpha / (alpha + r))   # Eq. 8, 2nd factor as 1 + αβη²
+        log_det = (D - 1) * torch.log1p(beta_eta) + torch.log1p(beta_eta * alpha / (alpha + r))   # Eq. (8), 2nd factor as 1 + αβη²
         return z + beta_eta[:, None] * diff, log_det
 
 # %% ../nbs/02_planar_radial.ipynb #256f9863
 @patch
 @torch.no_grad()
 def inverse(self: RadialFlow, y: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
-    "Invert the radial map in closed form via the quadratic for r; `h` is ignored: `[B, D] -> [B, D]` (Eq. 10)."
+    "Invert the radial map in closed form via the quadratic for r; `h` is ignored: `[B, D] -> [B, D]` (Eq. (10))."
     B, _ = check_batch(y, self.dim, "y")
     _check_unused_context(h, B)
     alpha, beta = radial_alpha_beta(self.alpha_raw, self.beta_raw)
@@ -115,7 +115,7 @@ def inverse(self: RadialFlow, y: torch.Tensor, h: torch.Tensor | None = None) ->
 
 # %% ../nbs/02_planar_radial.ipynb #1c132197
 class AdditiveCoupling(nn.Module):
-    "NICE additive coupling (z_a, z_b) -> (z_a, z_b + m(z_a)), log-det 0: `z: [B, D] -> (z_new [B, D], log_det [B])` (Eq. 11)."
+    "NICE additive coupling (z_a, z_b) -> (z_a, z_b + m(z_a)), log-det 0: `z: [B, D] -> (z_new [B, D], log_det [B])` (Eq. (11))."
     def __init__(self, dim: int, hidden: int = 64, flip: bool = False):
         super().__init__()
         if dim < 2: raise ValueError(f"a coupling layer needs dim >= 2 to split z in two, got {dim}")
@@ -137,7 +137,7 @@ class AdditiveCoupling(nn.Module):
 
     @torch.no_grad()
     def inverse(self, y: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
-        "Exact inverse z_b = y_b - m(y_a); `h` is ignored: `[B, D] -> [B, D]` (Eq. 11)."
+        "Exact inverse z_b = y_b - m(y_a); `h` is ignored: `[B, D] -> [B, D]` (Eq. (11))."
         B, _ = check_batch(y, self.dim, "y")
         _check_unused_context(h, B)
         y_a, y_b = self._split(y)
@@ -152,22 +152,22 @@ def _wall(z): return 0.5 * (torch.relu(z[:, 0].abs() - 4) / 0.2) ** 2     # zero
 def _neg_logsumexp(*terms): return -torch.logsumexp(torch.stack(terms), dim=0)
 
 def U1(z: torch.Tensor) -> torch.Tensor:
-    "Ring with two modes: `[B, 2] -> [B]` (Eq. 12; R&M Table 1)."
+    "Ring with two modes: `[B, 2] -> [B]` (Eq. (12); R&M Table 1)."
     check_batch(z, 2)
     return 0.5 * ((z.norm(dim=1) - 2) / 0.4) ** 2 + _neg_logsumexp(-0.5 * ((z[:, 0] - 2) / 0.6) ** 2, -0.5 * ((z[:, 0] + 2) / 0.6) ** 2)
 
 def U2(z: torch.Tensor) -> torch.Tensor:
-    "Sinusoidal ridge, walled at |z1| = 4: `[B, 2] -> [B]` (Eq. 12; R&M Table 1)."
+    "Sinusoidal ridge, walled at |z1| = 4: `[B, 2] -> [B]` (Eq. (12); R&M Table 1)."
     check_batch(z, 2)
     return 0.5 * ((z[:, 1] - _w1(z)) / 0.4) ** 2 + _wall(z)
 
 def U3(z: torch.Tensor) -> torch.Tensor:
-    "Ridge splitting around a bump, walled at |z1| = 4: `[B, 2] -> [B]` (Eq. 12; R&M Table 1)."
+    "Ridge splitting around a bump, walled at |z1| = 4: `[B, 2] -> [B]` (Eq. (12); R&M Table 1)."
     check_batch(z, 2)
     return _neg_logsumexp(-0.5 * ((z[:, 1] - _w1(z)) / 0.35) ** 2, -0.5 * ((z[:, 1] - _w1(z) + _w2(z)) / 0.35) ** 2) + _wall(z)
 
 def U4(z: torch.Tensor) -> torch.Tensor:
-    "Ridge splitting at a step, walled at |z1| = 4: `[B, 2] -> [B]` (Eq. 12; R&M Table 1)."
+    "Ridge splitting at a step, walled at |z1| = 4: `[B, 2] -> [B]` (Eq. (12); R&M Table 1)."
     check_batch(z, 2)
     return _neg_logsumexp(-0.5 * ((z[:, 1] - _w1(z)) / 0.4) ** 2, -0.5 * ((z[:, 1] - _w1(z) + _w3(z)) / 0.35) ** 2) + _wall(z)
 
@@ -182,12 +182,12 @@ def log_partition(energy, half_width: float = 7.0, n: int = 1401) -> float:
 
 # %% ../nbs/02_planar_radial.ipynb #091c15c8
 def annealed_beta(t: int, n_warmup: int) -> float:
-    "Inverse temperature β_t = min(1, 0.01 + t/n_warmup) for the energy term; n_warmup = 0 means no warm-up, β = 1 (Eq. 14)."
+    "Inverse temperature β_t = min(1, 0.01 + t/n_warmup) for the energy term; n_warmup = 0 means no warm-up, β = 1 (Eq. (14))."
     if n_warmup < 0: raise ValueError(f"n_warmup must be >= 0, got {n_warmup}")
     return 1.0 if n_warmup == 0 else min(1.0, 0.01 + t / n_warmup)
 
 def sample_flow(flow: nn.Module, n: int, dim: int = 2, generator: torch.Generator | None = None):
-    "Draw z0 ~ N(0, I), push it through `flow`: `-> (z_K [n, dim], log q_K(z_K) [n])` (Eq. 5 of chapter 00)."
+    "Draw z0 ~ N(0, I), push it through `flow`: `-> (z_K [n, dim], log q_K(z_K) [n])` (Eq. (5) of chapter 00)."
     p = next(flow.parameters())
     z0 = torch.randn(n, dim, generator=generator, dtype=p.dtype).to(p.device)
     z_K, log_det = flow(z0)
@@ -204,7 +204,7 @@ def _num_threads(n: int | None):
 
 def fit_reverse_kl(flow: nn.Module, energy, n_iter: int = 2500, batch: int = 256, lr: float = 1e-2, n_warmup: int | None = None,
                    dim: int = 2, seed: int = 0, progress: bool = True, num_threads: int | None = 1) -> list[float]:
-    "Minimize the annealed reverse-KL loss E[log q_K(z_K) + β_t U(z_K)] with Adam; return the loss at β = 1 per step (Eqs. 13-14)."
+    "Minimize the annealed reverse-KL loss E[log q_K(z_K) + β_t U(z_K)] with Adam; return the loss at β = 1 per step (Eqs. (13)-(14))."
     n_warmup = n_iter // 4 if n_warmup is None else n_warmup
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(flow.parameters(), lr=lr)
@@ -215,12 +215,12 @@ def fit_reverse_kl(flow: nn.Module, energy, n_iter: int = 2500, batch: int = 256
             U = energy(z_K)
             loss = (log_q + annealed_beta(t, n_warmup) * U).mean()
             optimizer.zero_grad(); loss.backward(); optimizer.step()
-            history.append((log_q + U).mean().item())          # Eq. 13 without log Z
+            history.append((log_q + U).mean().item())          # Eq. (13) without log Z
     return history
 
 @torch.no_grad()
 def reverse_kl(flow: nn.Module, energy, log_Z: float = 0.0, n: int = 100_000, dim: int = 2, seed: int = 1) -> tuple[float, float]:
-    "Monte Carlo KL(q_K || p) = E_q[log q_K + U] + log Z and its standard error, in nats (Eq. 13)."
+    "Monte Carlo KL(q_K || p) = E_q[log q_K + U] + log Z and its standard error, in nats (Eq. (13))."
     z_K, log_q = sample_flow(flow, n, dim, torch.Generator().manual_seed(seed))
     terms = (log_q + energy(z_K)).double() + log_Z
     return terms.mean().item(), (terms.std() / math.sqrt(n)).item()
@@ -228,7 +228,7 @@ def reverse_kl(flow: nn.Module, energy, log_Z: float = 0.0, n: int = 100_000, di
 # %% ../nbs/02_planar_radial.ipynb #b062cdc3
 @torch.no_grad()
 def flow_log_density(flow: FlowChain, z: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
-    "Exact log q_K(z | h) at given points, by inverting each layer, then re-running the chain: `[N, D] -> [N]` (Eq. 5 of chapter 00)."
+    "Exact log q_K(z | h) at given points, by inverting each layer, then re-running the chain: `[N, D] -> [N]` (Eq. (5) of chapter 00)."
     z0 = z
     for layer in reversed(flow.layers): z0 = layer.inverse(z0, h)
     return flow_log_prob(log_standard_normal(z0), flow(z0, h)[1])

@@ -33,7 +33,7 @@ class ResNetConfig:
     depth: int = 4                 # Table 4: number of stochastic layers L (4, 8; the best model 20)
     hidden: int = 160              # openai/iaf: feature maps of the deterministic path
     latent: int = 32               # openai/iaf: latent feature maps per layer
-    bidirectional: bool = True     # Table 4: bidirectional (Eq. 1) or bottom-up inference
+    bidirectional: bool = True     # Table 4: bidirectional (Eq. (1)) or bottom-up inference
     iaf_hidden_layers: int = 1     # Table 4: 0 = factorized Gaussian posterior; 1 or 2 = one IAF step, AR net with that many hidden layers
     learned_sigma: bool = True     # Table 3: False = location-only IAF (s = 0)
     free_bits: float = 0.25        # App. C: lambda per latent feature map (0.1 for the best model; 0 = plain VLB)
@@ -46,7 +46,7 @@ class ResNetConfig:
 
 # %% ../nbs/23_resnet_vae.ipynb #4f8a4bf0
 def pixelcnn_masks(channels: int, hidden: list[int], n_params: int = 2) -> list[torch.Tensor]:
-    "Kernel masks `[out, in, 3, 3]` of each layer: rows above and the pixel to the left open, MADE channel masks at the centre (Eq. 3)."
+    "Kernel masks `[out, in, 3, 3]` of each layer: rows above and the pixel to the left open, MADE channel masks at the centre (Eq. (3))."
     degrees = made_degrees(channels, list(hidden), has_context=True)
     masks = []
     for centre in made_masks(degrees, n_params):                                   # [out, in] each, MADE Eq. 12-13
@@ -58,7 +58,7 @@ def pixelcnn_masks(channels: int, hidden: list[int], n_params: int = 2) -> list[
     return masks
 
 class MaskedConv2d(WNConv2d):
-    "A weight-normalized 3×3 convolution whose kernel is multiplied by a fixed `mask [out, in, 3, 3]` (Eq. 3; S&K Eq. 3)."
+    "A weight-normalized 3×3 convolution whose kernel is multiplied by a fixed `mask [out, in, 3, 3]` (Eq. (3); S&K Eq. 3)."
     def __init__(self, mask: torch.Tensor, init_scale: float = 1.0):
         super().__init__(mask.shape[1], mask.shape[0], init_scale=init_scale)
         self.register_buffer("mask", mask)
@@ -68,7 +68,7 @@ class MaskedConv2d(WNConv2d):
         return v * (self.g / torch.linalg.vector_norm(v, dim=(1, 2, 3))).view(-1, 1, 1, 1)
 
 class ARConv(nn.Module):
-    "Autoregressive conv net: `z [B, C, H, W], context [B, Hc, H, W] -> (m, s) [B, C, H, W] each`, context added after the first layer (Eqs. 2-3)."
+    "Autoregressive conv net: `z [B, C, H, W], context [B, Hc, H, W] -> (m, s) [B, C, H, W] each`, context added after the first layer (Eqs. (2)-(3))."
     def __init__(self, channels: int, hidden: int, hidden_layers: int = 1):
         super().__init__()
         masks = pixelcnn_masks(channels, [hidden] * positive_int(hidden_layers, "hidden_layers"))
@@ -82,13 +82,13 @@ class ARConv(nn.Module):
 
 # %% ../nbs/23_resnet_vae.ipynb #d312ec7e
 class MaskedIAFStep(nn.Module):
-    "z' = (z - m) e^{-s}, [m, s] = AR(z, c): `z [B, C, H, W], context [B, Hc, H, W] -> (z' [B, C, H, W], log_det [B])` (Eqs. 2, 4)."
+    "z' = (z - m) e^{-s}, [m, s] = AR(z, c): `z [B, C, H, W], context [B, Hc, H, W] -> (z' [B, C, H, W], log_det [B])` (Eqs. (2), (4))."
     def __init__(self, channels: int, hidden: int, hidden_layers: int = 1, learned_sigma: bool = True):
         super().__init__()
         self.ar, self.learned_sigma = ARConv(channels, hidden, hidden_layers), learned_sigma
 
     def transform(self, z: torch.Tensor, context: torch.Tensor):
-        "The step with its per-element log σ = s (zero for constant σ): `-> (z', s [B, C, H, W])` (Eq. 2)."
+        "The step with its per-element log σ = s (zero for constant σ): `-> (z', s [B, C, H, W])` (Eq. (2))."
         m, s = self.ar(z, context)
         if not self.learned_sigma: s = torch.zeros_like(s)
         return (z - m) * torch.exp(-s), s
@@ -99,7 +99,7 @@ class MaskedIAFStep(nn.Module):
 
 # %% ../nbs/23_resnet_vae.ipynb #564aab1e
 def log_normal_elementwise(z: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
-    "log N(z; μ, σ²) per element (not summed), the per-feature-map KL needs it: `-> z.shape` (Eq. 1)."
+    "log N(z; μ, σ²) per element (not summed), the per-feature-map KL needs it: `-> z.shape` (Eq. (1))."
     return -(0.5 * ((z - mu) * torch.exp(-log_sigma)) ** 2 + log_sigma + 0.5 * LOG_2PI)
 
 class StochasticLayer(nn.Module):
@@ -122,7 +122,7 @@ class StochasticLayer(nn.Module):
         return h + self.config.residual_scale * self.up_out(F.elu(a)), (q_mu, q_log_sigma, context)
 
     def down(self, h: torch.Tensor, up: tuple | None, generator: torch.Generator | None = None):
-        "Top-down unit: `-> (h', log q [B, z, H, W] or None, log p [B, z, H, W] or None)`; `up` None = sample from the prior (Eqs. 1-2)."
+        "Top-down unit: `-> (h', log q [B, z, H, W] or None, log p [B, z, H, W] or None)`; `up` None = sample from the prior (Eqs. (1)-(2))."
         z_n, hid = self.config.latent, self.config.hidden
         parts = self.down_in(F.elu(h)).split([z_n, z_n] + ([z_n, z_n] if self.config.bidirectional else []) + [hid, hid], dim=1)
         p_mu, p_log_sigma, *rest = parts
@@ -132,18 +132,18 @@ class StochasticLayer(nn.Module):
             z, log_q, log_p = p_mu + torch.exp(p_log_sigma) * noise, None, None
         else:
             q_mu, q_log_sigma, up_context = up
-            if self.config.bidirectional: q_mu, q_log_sigma = q_mu + rest[0], q_log_sigma + rest[1]   # Eq. 1
+            if self.config.bidirectional: q_mu, q_log_sigma = q_mu + rest[0], q_log_sigma + rest[1]   # Eq. (1)
             z = q_mu + torch.exp(q_log_sigma) * noise
             log_q = log_normal_elementwise(z, q_mu, q_log_sigma)
             if self.iaf is not None:
-                z, s = self.iaf.transform(z, up_context + context)                     # Eq. 2
+                z, s = self.iaf.transform(z, up_context + context)                     # Eq. (2)
                 log_q = log_q + s
             log_p = log_normal_elementwise(z, p_mu, p_log_sigma)
         return h + self.config.residual_scale * self.down_out(F.elu(torch.cat([z, a], dim=1))), log_q, log_p
 
 # %% ../nbs/23_resnet_vae.ipynb #f985f6a1
 def free_bits_kl(kl_maps: torch.Tensor, free_bits: float) -> torch.Tensor:
-    "Per-image KL term of Eq. 5: `kl_maps [B, J]` (KL of each latent feature map) `-> [B]`, batch mean = Σ_j max(λ, mean_b KL_bj) (Eq. 5)."
+    "Per-image KL term of Eq. (5): `kl_maps [B, J]` (KL of each latent feature map) `-> [B]`, batch mean = Σ_j max(λ, mean_b KL_bj) (Eq. (5))."
     if not free_bits >= 0: raise ValueError(f"free_bits must be >= 0 nats, got {free_bits}")
     above = kl_maps.mean(0, keepdim=True) > free_bits                               # [1, J]
     return torch.where(above, kl_maps, torch.full_like(kl_maps, free_bits)).sum(1)
@@ -152,7 +152,7 @@ def free_bits_kl(kl_maps: torch.Tensor, free_bits: float) -> torch.Tensor:
 TOP_SHAPE = (IMAGE_SHAPE[1] // 2, IMAGE_SHAPE[2] // 2)   # every layer works at 16 x 16
 
 class ResNetVAE(nn.Module):
-    "The CIFAR-10 ResNet VAE of IAF App. C: `x uint8 [B, 3, 32, 32], k -> Terms [k, B]` (free-bits KL while training, Eq. 5)."
+    "The CIFAR-10 ResNet VAE of IAF App. C: `x uint8 [B, 3, 32, 32], k -> Terms [k, B]` (free-bits KL while training, Eq. (5))."
     def __init__(self, config: ResNetConfig):
         super().__init__()
         self.config = config
@@ -182,7 +182,7 @@ class ResNetVAE(nn.Module):
         ups = [tuple(t.repeat(k, 1, 1, 1) for t in up) for up in ups]                          # row j*B + b: sample j of image b
         mu, log_q, log_p = self.down_pass(self.top(k * B), ups)
         log_px_z = self.likelihood(mu.view(k, B, *IMAGE_SHAPE), x)                             # [k, B]
-        if self.training and torch.is_grad_enabled() and self.config.free_bits > 0:          # Eq. 5 (see the note)
+        if self.training and torch.is_grad_enabled() and self.config.free_bits > 0:          # Eq. (5) (see the note)
             kl_maps = torch.cat([(q - p).flatten(2).sum(2) for q, p in zip(log_q, log_p)], dim=1)   # [k*B, L*latent]
             kl = free_bits_kl(kl_maps, self.config.free_bits).view(k, B)
             return Terms(log_px_z, -kl, torch.zeros_like(kl))
@@ -192,7 +192,7 @@ class ResNetVAE(nn.Module):
 # %% ../nbs/23_resnet_vae.ipynb #6bdcad52
 @patch
 def initialize(self: ResNetVAE, x: torch.Tensor) -> None:
-    "Data-dependent weight-norm init on one uint8 batch `x [B >= 2, 3, 32, 32]` (chapter 06 Eq. 4)."
+    "Data-dependent weight-norm init on one uint8 batch `x [B >= 2, 3, 32, 32]` (chapter 06 Eq. (4))."
     if check_pixels(x) < 2: raise ValueError("initialize needs a batch of at least 2 images to measure a spread")
     was = self.training
     self.eval()

@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['IMAGE_SHAPE', 'POSTERIORS', 'bernoulli_log_likelihood', 'WeightNormLayer', 'unit_moments', 'WNLinear', 'WNConv2d',
            'WNConvTranspose2d', 'preactivation_stats', 'ResBlock', 'VAEConfig', 'Encoder', 'Decoder', 'FlowPosterior',
-           'Posterior', 'make_posterior', 'Terms', 'check_images', 'check_binary', 'VAE', 'parameter_counts',
-           'toy_images', 'plot_preactivation_stats', 'make_figures']
+           'Posterior', 'make_posterior', 'Terms', 'check_images', 'check_binary', 'VAE', 'make_vae',
+           'parameter_counts', 'toy_images', 'plot_preactivation_stats', 'make_figures']
 
 # %% ../nbs/06_vae.ipynb #d3494742
 import math
@@ -31,13 +31,13 @@ from .nf import make_flow
 IMAGE_SHAPE = (1, 28, 28)   # binarized MNIST: one channel, 28 x 28 pixels
 
 def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    "log p(x|z) summed over pixels from logits, stable form: `logits [..., B, C, H, W], x [B, C, H, W] -> [..., B]` (Eq. 2)."
+    "log p(x|z) summed over pixels from logits, stable form: `logits [..., B, C, H, W], x [B, C, H, W] -> [..., B]` (Eq. (2))."
     per_pixel = F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")
     return -per_pixel.flatten(-3).sum(-1)
 
 # %% ../nbs/06_vae.ipynb #95c3a127
 class WeightNormLayer(nn.Module):
-    "Base of the weight-normalized layers: w = g·v/‖v‖ per output unit, plus bias b; `op(x, w, b)` is set by subclasses (Eq. 3)."
+    "Base of the weight-normalized layers: w = g·v/‖v‖ per output unit, plus bias b; `op(x, w, b)` is set by subclasses (Eq. (3))."
     out_axis = 0                                                        # the axis of v that indexes output units
 
     def __init__(self, v_shape: tuple[int, ...], init_scale: float = 1.0):
@@ -49,7 +49,7 @@ class WeightNormLayer(nn.Module):
         self.init_scale, self.pending_init = init_scale, False
 
     def weight(self) -> torch.Tensor:
-        "w = g v / ‖v‖, the norm taken over every axis but the output axis (Eq. 3)."
+        "w = g v / ‖v‖, the norm taken over every axis but the output axis (Eq. (3))."
         others = [d for d in range(self.v.ndim) if d != self.out_axis]
         shape = [-1 if d == self.out_axis else 1 for d in range(self.v.ndim)]
         return self.v * (self.g / torch.linalg.vector_norm(self.v, dim=others)).view(shape)
@@ -67,7 +67,7 @@ def unit_moments(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @patch
 @torch.no_grad()
 def data_init(self: WeightNormLayer, x: torch.Tensor) -> None:
-    "Set g, b from one batch so that each output unit's pre-activation has mean 0 and std `init_scale` (Eq. 4; S&K Sec. 3)."
+    "Set g, b from one batch so that each output unit's pre-activation has mean 0 and std `init_scale` (Eq. (4); S&K Sec. 3)."
     self.g.fill_(1.0); self.b.zero_()
     mean, std = unit_moments(self.op(x, self.weight(), self.b))         # moments of t = v·x/‖v‖
     self.g.copy_(self.init_scale / (std + 1e-8))
@@ -75,19 +75,19 @@ def data_init(self: WeightNormLayer, x: torch.Tensor) -> None:
     self.pending_init = False
 
 class WNLinear(WeightNormLayer):
-    "Weight-normalized dense layer: `x [N, n_in] -> [N, n_out]` (Eq. 3)."
+    "Weight-normalized dense layer: `x [N, n_in] -> [N, n_out]` (Eq. (3))."
     def __init__(self, n_in: int, n_out: int, init_scale: float = 1.0): super().__init__((n_out, n_in), init_scale)
     def op(self, x, w, b): return F.linear(x, w, b)
 
 class WNConv2d(WeightNormLayer):
-    "Weight-normalized 3×3 convolution, padding 1: `[N, c_in, H, W] -> [N, c_out, ⌊(H-1)/stride⌋+1, ...]` (Eq. 3)."
+    "Weight-normalized 3×3 convolution, padding 1: `[N, c_in, H, W] -> [N, c_out, ⌊(H-1)/stride⌋+1, ...]` (Eq. (3))."
     def __init__(self, c_in: int, c_out: int, stride: int = 1, init_scale: float = 1.0):
         super().__init__((c_out, c_in, 3, 3), init_scale)
         self.stride = stride
     def op(self, x, w, b): return F.conv2d(x, w, b, stride=self.stride, padding=1)
 
 class WNConvTranspose2d(WeightNormLayer):
-    "Weight-normalized 3×3 transposed convolution, stride 2: `[N, c_in, H, W] -> [N, c_out, 2H-1+output_padding, ...]` (Eq. 3)."
+    "Weight-normalized 3×3 transposed convolution, stride 2: `[N, c_in, H, W] -> [N, c_out, 2H-1+output_padding, ...]` (Eq. (3))."
     out_axis = 1                                                         # conv_transpose2d weights are [c_in, c_out, 3, 3]
     def __init__(self, c_in: int, c_out: int, output_padding: int = 1, init_scale: float = 1.0):
         super().__init__((c_in, c_out, 3, 3), init_scale)
@@ -109,7 +109,7 @@ def preactivation_stats(model: nn.Module, x: torch.Tensor, seed: int = 0) -> dic
 
 # %% ../nbs/06_vae.ipynb #fc93d0f4
 class ResBlock(nn.Module):
-    "y = ELU(S(x) + W2 * ELU(W1 * x)); `resample` None | 'down' | 'up': `[N, c_in, H, W] -> [N, c_out, H', W']` (Eq. 5; IAF App. B)."
+    "y = ELU(S(x) + W2 * ELU(W1 * x)); `resample` None | 'down' | 'up': `[N, c_in, H, W] -> [N, c_out, H', W']` (Eq. (5); IAF App. B)."
     def __init__(self, c_in: int, c_out: int, resample: str | None = None, output_padding: int = 1):
         super().__init__()
         if resample not in (None, "down", "up"): raise ValueError(f"resample must be None, 'down' or 'up', got {resample!r}")
@@ -133,7 +133,7 @@ class VAEConfig:
     iaf_depth: int = 2                         # Table 1: 2, 4 or 8 IAF steps, order reversed between steps (App. B)
     iaf_width: int = 320                       # Table 1: MADE hidden width 320 or 1920, two hidden layers (App. B)
     learned_sigma: bool = True                 # False: constant σ, location-only IAF (Table 3 ablation; replication's Table 2)
-    iaf_step: str = "affine"                   # openai/iaf's form at unit gain, started at the identity (ch. 04 Eq. 20); "gated": IAF Alg. 1
+    iaf_step: str = "affine"                   # openai/iaf's form at unit gain, started at the identity (ch. 04 Eq. (20)); "gated": IAF Alg. 1
     planar_length: int = 10                    # R&M's MNIST comparison: K = 10 or 80 planar layers
     channels: tuple[int, int, int] = (16, 32, 32)   # App. B: feature maps of the three stride-2 ResNet blocks
     hidden_dim: int = 450                      # App. B: the fully connected layer between convolutions and latents
@@ -151,7 +151,7 @@ class VAEConfig:
 
 # %% ../nbs/06_vae.ipynb #c10445d8
 class Encoder(nn.Module):
-    "ResNet encoder: `x [B, in_channels, 28, 28] -> (mu [B, D], log_sigma [B, D], h [B, C] or None)`; 32 × 32 inputs also end at 4 × 4 (Eq. 6; IAF App. B)."
+    "ResNet encoder: `x [B, in_channels, 28, 28] -> (mu [B, D], log_sigma [B, D], h [B, C] or None)`; 32 × 32 inputs also end at 4 × 4 (Eq. (6); IAF App. B)."
     def __init__(self, config: VAEConfig, context_dim: int = 0, in_channels: int = IMAGE_SHAPE[0]):
         super().__init__()
         c1, c2, c3 = config.channels
@@ -185,7 +185,7 @@ class Decoder(nn.Module):
 
 # %% ../nbs/06_vae.ipynb #d0a4443e
 class FlowPosterior(Distribution):
-    "q(z|x) for one batch: N(mu, diag σ²) pushed through `flow` with context h; `rsample((k,)) -> z [k, B, D]`, log q `[k, B]` (Eq. 7)."
+    "q(z|x) for one batch: N(mu, diag σ²) pushed through `flow` with context h; `rsample((k,)) -> z [k, B, D]`, log q `[k, B]` (Eq. (7))."
     arg_constraints = {"mu": constraints.real, "log_sigma": constraints.real}
     support, has_rsample = constraints.real_vector, True
 
@@ -198,7 +198,7 @@ class FlowPosterior(Distribution):
         super().__init__(torch.Size([B]), torch.Size([D]), validate_args=False)
 
     def rsample_and_log_prob(self, sample_shape: int | tuple = (), generator: torch.Generator | None = None):
-        "Draw z and score it in one pass: `k or (k,) -> (z [k, B, D], log_q [k, B])`, `() -> ([B, D], [B])` (Eq. 7)."
+        "Draw z and score it in one pass: `k or (k,) -> (z [k, B, D], log_q [k, B])`, `() -> ([B, D], [B])` (Eq. (7))."
         shape = torch.Size([positive_int(sample_shape, "k")] if isinstance(sample_shape, int) else sample_shape)
         k = math.prod([positive_int(n, "every entry of sample_shape") for n in shape])   # samples per image
         B, D = self.mu.shape
@@ -222,7 +222,7 @@ class FlowPosterior(Distribution):
 # %% ../nbs/06_vae.ipynb #057e7a8b
 @patch
 def log_prob(self: FlowPosterior, z: torch.Tensor) -> torch.Tensor:
-    "log q(z|x) of the `z` this distribution drew last (free) or, without a flow, of any `z [..., B, D] -> [..., B]` (Eq. 7)."
+    "log q(z|x) of the `z` this distribution drew last (free) or, without a flow, of any `z [..., B, D] -> [..., B]` (Eq. (7))."
     if self._last_draw is not None and z is self._last_draw[0]: return self._last_draw[1]
     if self.flow is None: return self.log_prob_by_inversion(z)                        # diagonal: nothing to invert
     raise ValueError(f"log_prob(z) of a {type(self.flow).__name__} posterior is known only for the z it drew last (the tensor "
@@ -231,7 +231,7 @@ def log_prob(self: FlowPosterior, z: torch.Tensor) -> torch.Tensor:
 
 @patch
 def log_prob_by_inversion(self: FlowPosterior, z: torch.Tensor) -> torch.Tensor:
-    "log q(z|x) of any `z [..., B, D] -> [..., B]`: undo the flow (D MADE passes per IAF step), then Eq. 7 at z_0 (IAF Sec. 3)."
+    "log q(z|x) of any `z [..., B, D] -> [..., B]`: undo the flow (D MADE passes per IAF step), then Eq. (7) at z_0 (IAF Sec. 3)."
     B, D = self.mu.shape
     if not isinstance(z, torch.Tensor) or z.ndim < 2 or tuple(z.shape[-2:]) != (B, D):
         raise ValueError(f"z must have shape [..., {B}, {D}] (samples, images, latents), got {tuple(getattr(z, 'shape', ())) or type(z).__name__}")
@@ -249,13 +249,13 @@ def log_prob_by_inversion(self: FlowPosterior, z: torch.Tensor) -> torch.Tensor:
 
 # %% ../nbs/06_vae.ipynb #8b1389f2
 class Posterior(nn.Module):
-    "The posterior's flow and context width; `distribution(mu, log_sigma, h)` is q(z|x) of a batch, calling it draws `(z [k*B, D], log_qz [k, B])` (Eq. 7)."
+    "The posterior's flow and context width; `distribution(mu, log_sigma, h)` is q(z|x) of a batch, calling it draws `(z [k*B, D], log_qz [k, B])` (Eq. (7))."
     def __init__(self, flow: nn.Module | None = None, context_dim: int = 0):
         super().__init__()
         self.flow, self.context_dim = flow, context_dim
 
     def distribution(self, mu: torch.Tensor, log_sigma: torch.Tensor, h: torch.Tensor | None = None) -> FlowPosterior:
-        "q(z|x) of one batch of encoder outputs: `mu, log_sigma [B, D], h [B, C] or None -> FlowPosterior` (Eq. 7)."
+        "q(z|x) of one batch of encoder outputs: `mu, log_sigma [B, D], h [B, C] or None -> FlowPosterior` (Eq. (7))."
         return FlowPosterior(mu, log_sigma, h, self.flow)
 
     def forward(self, mu: torch.Tensor, log_sigma: torch.Tensor, h: torch.Tensor | None, k: int,
@@ -275,10 +275,10 @@ def make_posterior(config: VAEConfig) -> Posterior:
 
 # %% ../nbs/06_vae.ipynb #c2ddae3a
 class Terms(NamedTuple):
-    "Per-sample terms of the bound, each `[k, B]` in nats (Eq. 1)."
-    log_px_z: torch.Tensor    # log p(x|z), Bernoulli (Eq. 2)
+    "Per-sample terms of the bound, each `[k, B]` in nats (Eq. (1))."
+    log_px_z: torch.Tensor    # log p(x|z), Bernoulli (Eq. (2))
     log_pz: torch.Tensor      # log p(z), standard normal prior
-    log_qz: torch.Tensor      # log q(z|x), posterior with its flow (Eq. 7)
+    log_qz: torch.Tensor      # log q(z|x), posterior with its flow (Eq. (7))
 
 def check_images(x: torch.Tensor, name: str = "x") -> int:
     "Check `x` is a float image batch `[B, 1, 28, 28]` (shape and dtype only, no pass over values); return B."
@@ -296,37 +296,45 @@ def check_binary(x: torch.Tensor, name: str = "x") -> None:
 
 # %% ../nbs/06_vae.ipynb #0ec8591d
 class VAE(nn.Module):
-    "The MNIST VAE: `x [B, 1, 28, 28], k -> Terms` of shape `[k, B]`, posterior chosen by `config.posterior` (IAF App. B)."
-    def __init__(self, config: VAEConfig):
+    "A VAE from its parts: `x [B, 1, 28, 28], k -> Terms [k, B]`; prior N(0, I) over `latent_dim` dims (IAF App. B)."
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, posterior: Posterior, latent_dim: int):
         super().__init__()
-        self.config = config
-        self.posterior = make_posterior(config)
-        self.encoder = Encoder(config, self.posterior.context_dim)
-        self.decoder = Decoder(config)
+        if not isinstance(posterior, Posterior):
+            raise TypeError(f"posterior must be a Posterior (make_posterior(config) builds one), "
+                            f"got {type(posterior).__name__}")
+        self.posterior = posterior          # registered first: the order of parameters in a checkpoint
+        self.encoder = encoder              # x [B, 1, 28, 28] -> (mu [B, D], log_sigma [B, D], h [B, C] or None)
+        self.decoder = decoder              # z [N, D] -> logits [N, 1, 28, 28]
+        self.latent_dim = positive_int(latent_dim, "latent_dim")
 
     def encode(self, x: torch.Tensor):
-        "The posterior's parameters for a batch: `x [B, 1, 28, 28] -> (mu [B, D], log_sigma [B, D], h [B, C] or None)` (Eq. 6)."
+        "The posterior's parameters: `x [B, 1, 28, 28] -> (mu [B, D], log_sigma [B, D], h [B, C] or None)` (Eq. (6))."
         check_images(x)
         return self.encoder(x)
 
     def posterior_of(self, x: torch.Tensor) -> FlowPosterior:
-        "q(z|x) of a batch as a distribution: `x [B, 1, 28, 28] -> FlowPosterior`, `rsample((k,)) -> [k, B, D]` (Eqs. 6-7)."
+        "q(z|x) of a batch: `x [B, 1, 28, 28] -> FlowPosterior`, `rsample((k,)) -> [k, B, D]` (Eqs. (6)-(7))."
         return self.posterior.distribution(*self.encode(x))
 
     def forward(self, x: torch.Tensor, k: int = 1) -> Terms:
         B = check_images(x)
         k = positive_int(k, "k")
         z, log_qz = self.posterior_of(x).rsample_and_log_prob(k)                      # 1-2) [k, B, D], [k, B]
-        z = z.reshape(k * B, -1)                                                       # row j*B + b: sample j of image b
+        z = z.reshape(k * B, -1)                                                   # row j*B + b: sample j of image b
         logits = self.decoder(z).view(k, B, *IMAGE_SHAPE)                              # 3) [k, B, 1, 28, 28]
         log_pz = log_standard_normal(z).view(k, B)                                     # 4) [k, B]
         return Terms(bernoulli_log_likelihood(logits, x), log_pz, log_qz)
+
+def make_vae(config: VAEConfig) -> VAE:
+    "The paper's MNIST VAE for `config`: the ResNet encoder and decoder around `make_posterior(config)` (IAF App. B)."
+    posterior = make_posterior(config)      # built first, then the encoder, then the decoder: one seed, one model
+    return VAE(Encoder(config, posterior.context_dim), Decoder(config), posterior, config.latent_dim)
 
 # %% ../nbs/06_vae.ipynb #8a606b1a
 @patch
 @torch.no_grad()
 def initialize(self: VAE, x: torch.Tensor) -> None:
-    "Data-dependent init of every weight-normalized layer on one binary batch `x [B >= 2, 1, 28, 28]` (Eq. 4; S&K Sec. 3)."
+    "Data-dependent init of every weight-normalized layer on one binary batch `x [B >= 2, 1, 28, 28]` (Eq. (4); S&K Sec. 3)."
     if check_images(x) < 2: raise ValueError("initialize needs a batch of at least 2 images to measure a spread")
     check_binary(x)
     layers = [m for m in self.modules() if isinstance(m, WeightNormLayer)]
@@ -346,7 +354,7 @@ def reconstruct(self: VAE, x: torch.Tensor) -> torch.Tensor:
 def sample(self: VAE, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     "Bernoulli means of p(x|z) for z ~ N(0, I) (drawn on the generator's device): `-> [n, 1, 28, 28]`."
     p = next(self.parameters())
-    z = torch.randn(positive_int(n, "n"), self.config.latent_dim, generator=generator,
+    z = torch.randn(positive_int(n, "n"), self.latent_dim, generator=generator,
                     device=generator.device if generator is not None else p.device, dtype=p.dtype)
     return torch.sigmoid(self.decoder(z.to(p.device)))
 
@@ -387,7 +395,7 @@ def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
     import matplotlib.pyplot as plt
     torch.manual_seed(0)
     x = toy_images(32 if quick else 100, torch.Generator().manual_seed(0))
-    model = VAE(VAEConfig(posterior="iaf"))
+    model = make_vae(VAEConfig(posterior="iaf"))
     before = preactivation_stats(model, x, seed=1)
     torch.manual_seed(1); model.initialize(x)
     fig, axes = plt.subplots(2, 1, figsize=(10, 6), sharex=True)

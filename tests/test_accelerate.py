@@ -12,7 +12,7 @@ from iaf_repro.accelerate import (FastMaskedLinear, _BlockedMaskedProduct, accel
                                   fast_path_problem, staircase_blocks)
 from iaf_repro.utils import seeded
 from iaf_repro.made import MADE, MaskedLinear, autoregressive_violations, made_degrees, made_jacobians, made_masks
-from iaf_repro.vae import VAE, VAEConfig, WNConv2d, WNConvTranspose2d, toy_images
+from iaf_repro.vae import VAEConfig, WNConv2d, WNConvTranspose2d, make_vae, toy_images
 from test_made import made_configs                       # the MADE shapes chapter 03's property tests draw
 
 X = toy_images(6, torch.Generator().manual_seed(0))
@@ -143,7 +143,7 @@ def test_a_checkpoint_with_cyclic_masks_runs_the_plain_path_when_accelerated():
 
 def test_conv_weights_are_channels_last_and_give_the_terms_of_the_nchw_layout(routes_allowed):
     torch.manual_seed(0)
-    plain = VAE(VAEConfig()).double()
+    plain = make_vae(VAEConfig()).double()
     plain.initialize(X.double())
     fast = accelerate(copy.deepcopy(plain))
     convs = [m for m in fast.modules() if isinstance(m, (WNConv2d, WNConvTranspose2d))]
@@ -165,7 +165,7 @@ IAF = VAEConfig(posterior="iaf", iaf_depth=2, iaf_width=32, context_dim=8)
 
 def test_accelerate_keeps_the_state_dict_and_checkpoints_load_both_ways(tmp_path):
     torch.manual_seed(0)
-    plain = VAE(IAF)
+    plain = make_vae(IAF)
     plain.initialize(X)
     fast = accelerate(copy.deepcopy(plain))
     n_masked = sum(isinstance(m, MaskedLinear) for m in plain.modules())
@@ -175,7 +175,7 @@ def test_accelerate_keeps_the_state_dict_and_checkpoints_load_both_ways(tmp_path
     assert all(fast_state[k].shape == state[k].shape and torch.equal(fast_state[k], state[k]) for k in state)
     torch.save(state, tmp_path / "plain.pt"); torch.save(fast_state, tmp_path / "fast.pt")
     torch.manual_seed(1)
-    into_fast, into_plain = accelerate(VAE(IAF)), VAE(IAF)
+    into_fast, into_plain = accelerate(make_vae(IAF)), make_vae(IAF)
     into_fast.load_state_dict(torch.load(tmp_path / "plain.pt", weights_only=True))     # plain checkpoint -> fast model
     into_plain.load_state_dict(torch.load(tmp_path / "fast.pt", weights_only=True))     # fast checkpoint -> plain model
     for model in (into_fast, into_plain):

@@ -11,8 +11,8 @@ import torch
 
 import iaf_repro
 from iaf_repro.cifar_vae import CifarVAE
-from iaf_repro.train import MLPVAE
-from iaf_repro.vae import VAE, FlowPosterior, Posterior, VAEConfig, make_posterior, toy_images
+from iaf_repro.mlp_vae import MLPVAE
+from iaf_repro.vae import FlowPosterior, Posterior, VAEConfig, make_posterior, make_vae, toy_images
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(latent_dim=4, iaf_width=16, channels=(4, 4, 4), hidden_dim=16, context_dim=8, planar_length=3)
@@ -85,7 +85,7 @@ def test_diagonal_log_prob_takes_any_z():
 
 def test_the_vae_forward_pass_samples_posterior_of_x():
     torch.manual_seed(0)
-    model = VAE(POSTERIOR_CONFIGS["iaf gated"])
+    model = make_vae(POSTERIOR_CONFIGS["iaf gated"])
     x = toy_images(5, torch.Generator().manual_seed(1))
     model.initialize(x)
     with torch.no_grad():
@@ -102,7 +102,7 @@ def test_the_forward_pass_equals_the_composition_of_its_parts():
     from iaf_repro.vae import bernoulli_log_likelihood
     torch.manual_seed(0)
     for config in POSTERIOR_CONFIGS.values():
-        model = VAE(config)
+        model = make_vae(config)
         x = toy_images(4, torch.Generator().manual_seed(1))
         model.initialize(x)
         torch.manual_seed(5); terms = model(x, 2)
@@ -160,7 +160,7 @@ def test_wrong_shapes_are_refused():
     with pytest.raises(ValueError, match="needs a context"):
         make_posterior(POSTERIOR_CONFIGS["iaf affine"]).distribution(mu, log_sigma).rsample()
     with pytest.raises(ValueError, match=r"\[batch, 1, 28, 28\]"):
-        VAE(POSTERIOR_CONFIGS["diagonal"]).posterior_of(torch.zeros(2, 28, 28))
+        make_vae(POSTERIOR_CONFIGS["diagonal"]).posterior_of(torch.zeros(2, 28, 28))
 
 
 # ---- the package root ----------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from iaf_repro.bench import (BENCH_COLUMNS, BENCH_ROWS, REFERENCE, bench_device,
 from iaf_repro.accelerate import accelerate
 from iaf_repro.cli import main
 from iaf_repro.made import MADE
-from iaf_repro.vae import VAE
+from iaf_repro.vae import make_vae
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_flop_counter_gives_the_analytic_count_of_a_made(D, hidden, n_params, co
 def test_training_flops_are_about_three_forward_passes():
     torch.manual_seed(0)
     x = torch.bernoulli(torch.full((4, 1, 28, 28), 0.3))
-    model = VAE(get_bench_preset("tiny")); model.initialize(x)
+    model = make_vae(get_bench_preset("tiny")); model.initialize(x)
     forward = count_flops(lambda: model(x, 1)) / len(x)
     assert 2 * forward < training_flops(model, x) <= 3 * forward          # the first layer needs no input gradient
     assert all(p.grad is None for p in model.parameters())                  # the count leaves no gradients behind

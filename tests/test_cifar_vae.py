@@ -5,7 +5,7 @@ import torch
 from iaf_repro.cifar import CIFAR10
 from iaf_repro.cifar_vae import SIMPLE_PRESETS, CifarVAE, check_pixels, epoch_cost, step_flops
 from iaf_repro.train import TrainConfig, train
-from iaf_repro.vae import VAE, VAEConfig, toy_images
+from iaf_repro.vae import VAEConfig, make_vae, toy_images
 
 SMALL = VAEConfig(latent_dim=4, channels=(4, 4, 4), hidden_dim=16, context_dim=8, posterior="iaf", iaf_depth=2, iaf_width=16)
 
@@ -48,7 +48,7 @@ def test_train_runs_unchanged_on_cifar(tmp_path):
 
 def test_mnist_model_is_unchanged_by_the_generalization():
     "Same seed, same construction order: the MNIST VAE's parameters and shapes do not depend on the new arguments."
-    torch.manual_seed(0); a = VAE(VAEConfig())
+    torch.manual_seed(0); a = make_vae(VAEConfig())
     assert a.decoder.blocks[0].conv1.output_padding == 0 and a.encoder.blocks[0].conv1.v.shape[1] == 1
     assert a.decoder(torch.zeros(2, 32)).shape == (2, 1, 28, 28)
     assert a(toy_images(2)).log_px_z.shape == (1, 2)

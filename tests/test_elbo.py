@@ -8,6 +8,7 @@ from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
 from iaf_repro.elbo import (LinearGaussianModel, _iwae_experiment, elbo, gaussian_kl_diag, importance_sampled_log_px,
                             iwae_bound, iwae_bounds_by_k, log_importance_weights, make_figures, reparameterize)
+from iaf_repro.testing import stream_from
 
 SETTINGS = settings(max_examples=25, deadline=None)
 F64 = dict(dtype=torch.float64)
@@ -16,16 +17,6 @@ F64 = dict(dtype=torch.float64)
 def random_model(seed, d_z, d_x, sigma_x):
     g = torch.Generator().manual_seed(seed)
     return LinearGaussianModel(torch.randn(d_x, d_z, generator=g, **F64), torch.randn(d_x, generator=g, **F64), sigma_x)
-
-
-def stream_from(log_w):
-    "draw_log_w handing out consecutive rows of a fixed tensor: one seeded random stream, any chunking."
-    position = 0
-    def draw(n):
-        nonlocal position
-        position += n
-        return log_w[position - n:position]
-    return draw
 
 
 # ---- closed-form KL and reparameterization -------------------------------------------------------------------

@@ -12,7 +12,8 @@ from iaf_repro.density import log_normal_diag
 from iaf_repro.elbo import LinearGaussianModel
 from iaf_repro.evaluate import (bits_per_dim, evaluate, log_px_by_k, plot_log_px_by_k, plot_reconstructions, plot_training_curves,
                                 summarize)
-from iaf_repro.train import MLPVAE, TrainConfig, train
+from iaf_repro.train import TrainConfig, train
+from iaf_repro.mlp_vae import MLPVAE
 from iaf_repro.vae import Terms, VAEConfig, toy_images
 
 SETTINGS = settings(max_examples=25, deadline=None)

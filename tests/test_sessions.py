@@ -14,35 +14,13 @@ import pytest
 import torch
 
 from iaf_repro.train import (TrainingInterrupted, load_checkpoint, run_progress, save_checkpoint, train, training_finished)
-from test_train import CONFIG, WrappedData, metrics_without_time, tiny_data, tiny_model
+from iaf_repro.testing import SignalsItself, Slow
+from test_train import CONFIG, metrics_without_time, tiny_data, tiny_model
 
 OLD_RUN_KEYS = {"epoch", "steps", "best_vlb", "best_epoch", "since_best", "stopped", "rows"}
 OLD_CHECKPOINT_KEYS = {"format", "config", "device_type", "model", "ema", "optimizer", "scheduler", "rng", "run"}
 OLD_CONFIG_FIELDS = {"epochs", "batch_size", "lr", "betas", "ema_decay", "free_bits", "lr_factor", "lr_patience",
                      "early_stop_patience", "seed", "max_steps_per_epoch", "valid_images", "amp", "compile"}
-
-
-class Slow(WrappedData):
-    "Wraps a data set; each training batch takes `seconds` longer (a bigger model, in miniature)."
-    def __init__(self, data, seconds):
-        super().__init__(data)
-        self.seconds = seconds
-
-    def before_batch(self):
-        time.sleep(self.seconds)
-
-
-class SignalsItself(Slow):
-    "After `after` training batches the process sends itself `signum`, once."
-    def __init__(self, data, after, signum):
-        super().__init__(data, 0)
-        self.after, self.signum = after, signum
-
-    def batches(self, *args, **kwargs):
-        for x in self.data.batches(*args, **kwargs):
-            if self.after == 0: os.kill(os.getpid(), self.signum)
-            self.after -= 1
-            yield x
 
 
 def test_a_checkpoint_written_before_deadlines_existed_resumes_exactly(tmp_path):
@@ -103,7 +81,7 @@ CHILD = textwrap.dedent("""
     from dataclasses import replace
     from iaf_repro.train import TrainingInterrupted, train
     from test_train import CONFIG, tiny_data, tiny_model
-    from test_sessions import Slow
+    from iaf_repro.testing import Slow
     try: train(tiny_model(0), Slow(tiny_data(), 0.05), replace(CONFIG, epochs=1000), sys.argv[1], progress=False)
     except TrainingInterrupted as e:
         print(e); sys.exit(e.exit_status)

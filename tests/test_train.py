@@ -1,6 +1,5 @@
 "Tests for iaf_repro.train: exact resume after a crash, the NaN guard, checkpoint errors, EMA and free-bits math, the schedule."
 import copy
-import math
 import os
 from dataclasses import replace
 
@@ -11,9 +10,10 @@ from hypothesis import given, settings, strategies as st
 
 from iaf_repro.data import BinarizedMNIST
 from iaf_repro.utils import seeded
-from iaf_repro.train import (CHECKPOINT_FORMAT, METRIC_COLUMNS, CheckpointError, MLPVAE, NonFiniteLossError, TrainConfig,
-                             bound_terms, ema_update, free_bits_objective, load_checkpoint, load_ema_model, save_checkpoint,
-                             train, validate)
+from iaf_repro.mlp_vae import MLPVAE
+from iaf_repro.testing import CrashingData, SimulatedCrash, TurnsNaN
+from iaf_repro.train import (CHECKPOINT_FORMAT, METRIC_COLUMNS, CheckpointError, NonFiniteLossError, TrainConfig, bound_terms,
+                             ema_update, free_bits_objective, load_checkpoint, load_ema_model, save_checkpoint, train, validate)
 from iaf_repro.vae import Terms, VAEConfig, toy_images
 
 SETTINGS = settings(max_examples=25, deadline=None)
@@ -39,50 +39,10 @@ def metrics_without_time(run_dir):
     return pd.read_csv(run_dir / "metrics.csv").drop(columns="seconds")
 
 
-class SimulatedCrash(Exception):
-    pass
-
-
-class WrappedData:
-    "Wraps a data set; `before_batch()` runs before each batch it hands out (subclasses: a crash, a delay)."
-    def __init__(self, data):
-        self.data = data
-
-    def __getattr__(self, name):
-        return getattr(self.data, name)
-
-    def to(self, device):
-        return self
-
-    def batches(self, *args, **kwargs):
-        for x in self.data.batches(*args, **kwargs):
-            self.before_batch()
-            yield x
-
-
-class CrashingData(WrappedData):
-    "A data set whose training batches raise `SimulatedCrash` after `after` of them (a kill mid-epoch)."
-    def __init__(self, data, after):
-        super().__init__(data)
-        self.after = after
-
-    def before_batch(self):
-        if self.after == 0: raise SimulatedCrash("killed")
-        self.after -= 1
-
-
-class TurnsNaN(MLPVAE):
-    "An MLPVAE whose log-likelihoods become NaN after `healthy_steps` training forward passes."
-    def __init__(self, healthy_steps):
-        torch.manual_seed(0)
-        super().__init__(VAEConfig(latent_dim=4), hidden=32)
-        self.healthy_steps = healthy_steps
-
-    def forward(self, x, k=1):
-        terms = super().forward(x, k)
-        if not self.training: return terms
-        self.healthy_steps -= 1
-        return terms if self.healthy_steps >= 0 else terms._replace(log_px_z=terms.log_px_z * math.nan)
+def turns_nan(healthy_steps):
+    "The tiny model of `tiny_model(0)`, but its log-likelihoods become NaN after `healthy_steps` training forward passes."
+    torch.manual_seed(0)
+    return TurnsNaN(healthy_steps, VAEConfig(latent_dim=4), hidden=32)
 
 
 # ---- exact resume -----------------------------------------------------------------------------------------------
@@ -177,7 +137,7 @@ def test_nan_guard_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(
     data = tiny_data()
     config = replace(CONFIG, epochs=3)
     with pytest.raises(NonFiniteLossError, match=r"non-finite training loss at epoch 2, step 3 of the epoch.*epoch 1\), is untouched") as error:
-        train(TurnsNaN(healthy_steps=6), data, config, tmp_path, progress=False)   # 4 steps in epoch 1, NaN at the 7th
+        train(turns_nan(healthy_steps=6), data, config, tmp_path, progress=False)   # 4 steps in epoch 1, NaN at the 7th
     assert (error.value.epoch, error.value.step) == (2, 3)
     state = load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["run"]["epoch"] == 1 and all(torch.isfinite(t).all() for t in state["model"].values())
@@ -188,7 +148,7 @@ def test_nan_guard_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(
 
 def test_nan_in_the_first_epoch_writes_nothing(tmp_path):
     with pytest.raises(NonFiniteLossError, match="epoch 1, step 1 of the epoch.*no checkpoint had been written yet"):
-        train(TurnsNaN(healthy_steps=0), tiny_data(), CONFIG, tmp_path, progress=False)
+        train(turns_nan(healthy_steps=0), tiny_data(), CONFIG, tmp_path, progress=False)
     assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "best.pt").exists()
 
 

@@ -1,5 +1,6 @@
 "Tests for iaf_repro.vae: Terms shapes per posterior, the Bernoulli likelihood, weight norm and its data-dependent init, errors, extremes."
 import copy
+import hashlib
 import math
 from pathlib import Path
 
@@ -8,8 +9,10 @@ import torch
 from hypothesis import given, strategies as st
 
 from iaf_repro.elbo import elbo, iwae_bound, log_importance_weights
+from iaf_repro.experiments import get_preset
+from iaf_repro.utils import seeded
 from iaf_repro.vae import (VAE, Decoder, Encoder, Posterior, ResBlock, Terms, VAEConfig, WNConv2d, WNConvTranspose2d,
-                           WNLinear, bernoulli_log_likelihood, make_figures, make_posterior, parameter_counts,
+                           WNLinear, bernoulli_log_likelihood, make_figures, make_posterior, make_vae, parameter_counts,
                            preactivation_stats, toy_images, unit_moments)
 
 F64 = torch.float64
@@ -23,7 +26,7 @@ EXTREMES = torch.cat([torch.zeros(1, 1, 28, 28), torch.ones(1, 1, 28, 28)])
 @pytest.fixture(scope="module")
 def models():
     torch.manual_seed(0)
-    built = {name: VAE(config) for name, config in CONFIGS.items()}
+    built = {name: make_vae(config) for name, config in CONFIGS.items()}
     for model in built.values(): model.initialize(X)
     return built
 
@@ -112,7 +115,7 @@ def test_reconstruct_and_sample(models):
 
 def test_model_runs_in_float64():
     torch.manual_seed(0)
-    model = VAE(VAEConfig(posterior="iaf", iaf_width=32, context_dim=8)).double()
+    model = make_vae(VAEConfig(posterior="iaf", iaf_width=32, context_dim=8)).double()
     model.initialize(X.double())
     terms = model(X.double(), 2)
     assert all(t.dtype == F64 and torch.isfinite(t).all() for t in terms)
@@ -182,7 +185,7 @@ def test_data_dependent_init_gives_zero_mean_and_the_target_std(kind, c_in, c_ou
 
 def test_vae_initialize_gives_unit_variance_preactivations():
     torch.manual_seed(0)
-    model = VAE(VAEConfig(posterior="iaf"))
+    model = make_vae(VAEConfig(posterior="iaf"))
     x = toy_images(32, torch.Generator().manual_seed(1))
     torch.manual_seed(5); model.initialize(x)
     stats = preactivation_stats(model, x, seed=5)                                  # same batch, same posterior noise
@@ -208,10 +211,10 @@ def test_encoder_and_decoder_shapes():
 
 
 def test_parameter_counts():
-    assert parameter_counts(VAE(VAEConfig())) == dict(encoder=332_612, posterior=0, decoder=316_566, total=649_178)
-    iaf = parameter_counts(VAE(VAEConfig(posterior="iaf")))
+    assert parameter_counts(make_vae(VAEConfig())) == dict(encoder=332_612, posterior=0, decoder=316_566, total=649_178)
+    iaf = parameter_counts(make_vae(VAEConfig(posterior="iaf")))
     assert iaf["posterior"] == 2 * 277_824 and iaf["encoder"] == 332_612 + 450 * 450 + 900
-    assert parameter_counts(VAE(VAEConfig(posterior="planar", planar_length=80)))["posterior"] == 80 * (2 * 32 + 1)
+    assert parameter_counts(make_vae(VAEConfig(posterior="planar", planar_length=80)))["posterior"] == 80 * (2 * 32 + 1)
 
 
 # ---- bad input -------------------------------------------------------------------------------------------------
@@ -241,7 +244,7 @@ def test_bad_images_raise_clear_errors(models):
 
 
 def test_initialize_rejects_grey_images_and_single_images():
-    model = VAE(VAEConfig())
+    model = make_vae(VAEConfig())
     with pytest.raises(ValueError, match="must be binary"): model.initialize(torch.full((4, 1, 28, 28), 0.5))
     with pytest.raises(ValueError, match="at least 2 images"): model.initialize(X[:1])
 
@@ -254,3 +257,47 @@ def test_resblock_rejects_bad_arguments():
 def test_make_figures_quick(tmp_path: Path):
     paths = make_figures(tmp_path, quick=True)
     assert [p.name for p in paths] == ["vae_weight_norm_init.png"] and paths[0].stat().st_size > 10_000
+
+
+# ---- checkpoints of the training campaign ---------------------------------------------------------------------------
+
+# For the campaign's MNIST presets: the count and sha256 of the "name:shape" lines of named_parameters(), in order, and
+# of the state_dict() keys, in order. Checkpoints hold model.state_dict() and Adamax's state, which refers to parameters
+# by their position in model.parameters(): a change of names, shapes or registration order would make the campaign's
+# checkpoints unloadable, or load the optimizer's moments onto the wrong parameters.
+PARAMETER_DIGESTS = {
+    "static-diag": (93, "9cbba0a3284c6c14e6281eee1dd81fb96ae8e757b66d0a309087895201800338"),
+    "static-iaf-d2-w320": (108, "96b723f8d0f94d735cc011140f4872b13fb3740741ee65c051ffb15bfc71f1d1"),
+    "static-iaf-d2-w320-const": (108, "115a2996451f4f789b1f43d45058ee1d45132811f1ce99baf25dfb7634793223"),
+}
+STATE_DICT_DIGESTS = {
+    "static-diag": (93, "0ecc4d932bb037b825a75c080f74abaf2d8684f6dd5ab439fe8e989f7b26efe3"),
+    "static-iaf-d2-w320": (116, "5d06814b53efedfe439e300dd9d079bf2662af5bcb8cf2c3588dd14faf07f609"),
+    "static-iaf-d2-w320-const": (116, "5d06814b53efedfe439e300dd9d079bf2662af5bcb8cf2c3588dd14faf07f609"),
+}
+
+
+def _count_and_digest(lines):
+    return len(lines), hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+@pytest.mark.parametrize("preset", list(PARAMETER_DIGESTS))
+def test_campaign_presets_keep_their_parameter_names_shapes_and_order(preset):
+    model = get_preset(preset).build_model()
+    parameters = [f"{name}:{tuple(p.shape)}" for name, p in model.named_parameters()]
+    assert _count_and_digest(parameters) == PARAMETER_DIGESTS[preset]
+    assert _count_and_digest(list(model.state_dict())) == STATE_DICT_DIGESTS[preset]
+    parts = list(dict.fromkeys(line.split(".")[0] for line in parameters))
+    assert parts == (["encoder", "decoder"] if preset == "static-diag" else ["posterior", "encoder", "decoder"])
+
+
+def test_a_vae_composed_by_hand_is_make_vae_s_model():
+    config = VAEConfig(posterior="iaf", iaf_width=32, context_dim=8)
+    with seeded(0): built = make_vae(config)
+    with seeded(0):
+        posterior = make_posterior(config)
+        by_hand = VAE(Encoder(config, posterior.context_dim), Decoder(config), posterior, config.latent_dim)
+    assert list(by_hand.state_dict()) == list(built.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(by_hand.state_dict().values(), built.state_dict().values()))
+    with pytest.raises(TypeError, match="posterior must be a Posterior"): VAE(built.encoder, built.decoder, posterior.flow, 32)
+    with pytest.raises(ValueError, match="latent_dim must be a positive integer"): VAE(built.encoder, built.decoder, posterior, 0)

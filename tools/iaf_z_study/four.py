@@ -19,7 +19,7 @@ def _lq_safe(model, images, z):
     except RuntimeError: return torch.full((len(images), len(z)), float('nan'), dtype=z.dtype)
 FI.log_q_on_grid = _lq_safe
 from iaf_repro.four_images import four_test_images, fit_to_images, posterior_report, TOY_MODELS
-from iaf_repro.train import MLPVAE
+from iaf_repro.mlp_vae import MLPVAE
 from iaf_repro.utils import seeded
 from iaf_repro.iaf import IAF
 

@@ -14,7 +14,7 @@ from variants import PACKAGE_VARIANTS, package_flow, package_step, step_scales
 from iaf_repro.utils import provenance, seeded
 from iaf_repro.four_images import TOY_MODELS, fit_to_images, four_test_images, posterior_report
 from iaf_repro.iaf import z_dependence
-from iaf_repro.train import MLPVAE
+from iaf_repro.mlp_vae import MLPVAE
 
 RESULTS = HERE.parents[1] / "figures" / "tables" / "iaf_z_study"
 seed = int(sys.argv[1]) if len(sys.argv) > 1 else 0

@@ -10,7 +10,7 @@ sys.path.insert(0, str(HERE))
 torch.set_num_threads(1)
 from variants import VARIANTS, VariantIAF, z_dependence
 from iaf_repro.data import load_mnist, evenly_spaced
-from iaf_repro.vae import VAE, VAEConfig
+from iaf_repro.vae import VAEConfig, make_vae
 from iaf_repro.train import TrainConfig, train, load_ema_model
 from iaf_repro.evaluate import evaluate
 from dataclasses import replace
@@ -23,7 +23,7 @@ for name in names:
     t0 = time.time()
     cfg = VAEConfig() if name == "diag" else VAEConfig(posterior="iaf", iaf_depth=2, iaf_width=320)
     torch.manual_seed(0)
-    model = VAE(cfg)
+    model = make_vae(cfg)
     if VARIANTS[name] is not None: model.posterior.flow = VariantIAF(32, cfg.context_dim, 2, 320, **VARIANTS[name])
     model.initialize(next(data.batches("train", 100, generator=torch.Generator().manual_seed(0))))
     rows = []

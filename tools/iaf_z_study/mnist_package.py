@@ -18,7 +18,7 @@ from iaf_repro.evaluate import evaluate
 from iaf_repro.iaf import z_dependence
 from iaf_repro.train import TrainConfig, train
 from iaf_repro.utils import provenance
-from iaf_repro.vae import VAE, VAEConfig
+from iaf_repro.vae import VAEConfig, make_vae
 
 RESULTS = Path(__file__).resolve().parents[2] / "figures" / "tables" / "iaf_z_study"
 seed, steps = int(sys.argv[1]), sys.argv[2:] or ["gated", "affine"]
@@ -31,7 +31,7 @@ def trained(config: VAEConfig, variant: str | None = None):
     "The raw weights after 5 epochs from `seed` (the IAF replaced by package variant `variant`'s, if it changes the step), and the seconds it took."
     start = time.time()
     torch.manual_seed(seed)
-    model = VAE(config)
+    model = make_vae(config)
     if variant is not None and PACKAGE_VARIANTS[variant] is not None:
         model.posterior.flow = package_flow(variant, config.latent_dim, config.context_dim, config.iaf_depth, config.iaf_width)
     model.initialize(next(data.batches("train", 100, generator=torch.Generator().manual_seed(seed))))
