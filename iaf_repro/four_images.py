@@ -32,7 +32,7 @@ def four_test_images(n: int = 4, root: Path | None = None) -> tuple[torch.Tensor
     return evenly_spaced(load_mnist("static", root).test, n), evenly_spaced(static_test_labels(root), n)
 
 TOY_MODELS = {"diagonal": VAEConfig(latent_dim=2), "IAF": VAEConfig(latent_dim=2, posterior="iaf", iaf_depth=2, iaf_width=320,
-                                                                   iaf_step="affine")}   # chapter 04, Eq. 20 (see the end of the chapter)
+                                                                   iaf_step="affine")}   # chapter 04, Eq. (20) (see the end of the chapter)
 
 # %% ../nbs/12_four_image_posteriors.ipynb #6d00b816
 def fit_to_images(model: VAE, images: torch.Tensor, steps: int = 4000, k: int = 16, lr: float = 3e-3, seed: int = 0,
@@ -164,7 +164,7 @@ def plot_four_image_posteriors(images: torch.Tensor, labels: torch.Tensor, fits:
 
 # %% ../nbs/12_four_image_posteriors.ipynb #0a25b466
 def flow_z_dependence(model: VAE, images: torch.Tensor) -> dict[str, list[float]]:
-    "Chapter 04's z-dependence of the posterior flow (Eqs. 17-19 there) and the encoder's mean log σ0, per image: `-> {name: [B] values}`; only log σ0 without a flow."
+    "Chapter 04's z-dependence of the posterior flow (Eqs. (17)–(19) there) and the encoder's mean log σ0, per image: `-> {name: [B] values}`; only log σ0 without a flow."
     with torch.no_grad(): mu, log_sigma, h = model.encode(images)
     per_image = [dict(log_sigma0=log_sigma[b].mean().item()) for b in range(len(images))]
     if model.posterior.flow is not None:
