@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .utils import provenance, save_figure
@@ -174,8 +175,8 @@ def replication_vlb(preset: str) -> float:
 
 # %% ../nbs/09b_campaign.ipynb #eca71b02
 def _trim(ax, values: pd.Series, keep: float = 0.05) -> None:
-    "Limit the y axis to the values above their `keep` quantile (the first epochs lie far below the rest)."
-    values = values.dropna()
+    "Limit the y axis to the values above their `keep` quantile (the first epochs lie far below the rest); NaNs are ignored."
+    values = values[np.isfinite(values)]
     if len(values):
         low, high = values.quantile(keep), values.max()
         ax.set_ylim(low - 0.05 * (high - low) - 0.5, high + 0.05 * (high - low) + 0.5)
@@ -200,8 +201,8 @@ def plot_campaign_progress(curves: dict[str, pd.DataFrame], references: dict[str
     if curves: vlb.legend(fontsize=8, frameon=False, loc="lower right")
     else: vlb.text(0.5, 0.5, "no run has finished an epoch yet", ha="center", transform=vlb.transAxes)
     lead.axhline(0, color="grey", lw=0.8)
-    if leads:                                                                   # the first epochs swing by tens of nats
-        values = pd.concat(leads)
+    values = pd.concat(leads) if leads else pd.Series(dtype=float)
+    if (values := values[np.isfinite(values)]).size:                            # the first epochs swing by tens of nats
         low, high = min(values.quantile(0.1), 0), max(values.quantile(0.95), 0)
         lead.set_ylim(low - 0.2 * (high - low) - 0.1, high + 0.2 * (high - low) + 0.1)
     if baseline not in curves: lead.text(0.5, 0.5, "no diagonal run to compare with", ha="center", transform=lead.transAxes)
