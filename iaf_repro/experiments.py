@@ -27,7 +27,7 @@ from torch import nn
 from .data import BinarizedMNIST, evenly_spaced, load_mnist
 from .utils import provenance, save_figure
 from .evaluate import bits_per_dim, evaluate, plot_reconstructions, plot_training_curves
-from .train import TrainConfig, load_ema_model, resolve_device, run_progress, train, training_finished
+from .train import Collective, SingleProcess, TrainConfig, load_ema_model, resolve_device, run_progress, train, training_finished
 from .accelerate import accelerate
 from .vae import VAE, VAEConfig, make_vae
 from .cifar import load_cifar10, cifar_subset
@@ -193,8 +193,8 @@ def _forget_untrained(run_dir: Path) -> None:
 
 def run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto", runs_dir: Path | None = None,
         results_dir: Path = Path("figures/tables/runs"), progress: bool = True, deadline: float | None = None,
-        data=None, rank: int = 0, world: int = 1, step_wrapper=None) -> dict | None:
-    "Train and evaluate one table row; write `<results_dir>/<run>.json` (and metrics and per-image values) with provenance; return the results. Stopped by `deadline` or a signal, raises `TrainingInterrupted` and writes no results. Data-parallel: process `rank` of `world`, the budget's batch each; ranks > 0 return None."
+        data=None, rank: int = 0, world: int = 1, step_wrapper=None, collective: Collective = SingleProcess()) -> dict | None:
+    "Train and evaluate one table row; write `<results_dir>/<run>.json` (and metrics and per-image values) with provenance; return the results. Stopped by `deadline` or a signal, raises `TrainingInterrupted` and writes no results. Data-parallel: process `rank` of `world`, the budget's batch each, `step_wrapper` and `collective` passed to `train`; ranks > 0 return None."
     p, dev = get_preset(preset), resolve_device(device)
     b = get_budget(budget, p.dataset)
     name = run_name(preset, budget, seed)
@@ -205,7 +205,8 @@ def run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto",
     trained_by = training_provenance(run_dir, dev)
     config = TrainConfig(epochs=b.epochs, batch_size=b.batch_size * world, seed=seed, early_stop_patience=b.early_stop_patience,
                          valid_images=b.valid_images)                     # the global batch: each rank trains on b.batch_size images
-    try: metrics = train(model, data, config, run_dir, device=dev, progress=progress, step_wrapper=step_wrapper, deadline=deadline)
+    try: metrics = train(model, data, config, run_dir, device=dev, progress=progress, step_wrapper=step_wrapper, deadline=deadline,
+                           collective=collective)
     except BaseException:
         if fresh: _forget_untrained(run_dir)
         raise

@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'FLOW_DIAGNOSTIC_IMAGES', 'METRIC_COLUMNS', 'bound_terms', 'free_bits_objective', 'ema_update',
            'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'TrainConfig', 'model_device', 'validate',
-           'train_epoch', 'NonFiniteLossError', 'flow_diagnostics', 'resolve_device', 'TrainingInterrupted',
-           'StopRequests', 'train', 'load_ema_model', 'run_progress', 'training_finished', 'plot_ema_vs_raw',
-           'make_figures']
+           'train_epoch', 'NonFiniteLossError', 'RunState', 'flow_diagnostics', 'resolve_device', 'Collective',
+           'SingleProcess', 'TrainingInterrupted', 'StopRequests', 'train', 'load_ema_model', 'run_progress',
+           'training_finished', 'plot_ema_vs_raw', 'make_figures']
 
 # %% ../nbs/07_train.ipynb #3ee918a4
 import copy
@@ -22,12 +22,12 @@ import threading
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Protocol
 
 import pandas as pd
 import torch
-import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -180,6 +180,57 @@ def _check_finite(losses: list[float], epoch: int, checkpoint: Path, last_good_e
     bad = next((i for i, loss in enumerate(losses) if not math.isfinite(loss)), None)
     if bad is not None: raise NonFiniteLossError("training loss", epoch, bad + 1, checkpoint, last_good_epoch)
 
+# %% ../nbs/07_train.ipynb #b52f9d1e
+@dataclass
+class RunState:
+    "A run's progress after its last finished epoch: what the training loop updates and the checkpoint stores under `run`."
+    epoch: int = 0                                               # the last finished epoch (0 before the first)
+    steps: int = 0                                               # optimizer steps taken by all finished epochs
+    best_vlb: float = -math.inf                                  # the best validation VLB of the averaged weights so far
+    best_epoch: int = 0                                          # the epoch that reached it: best.pt holds its averaged weights
+    since_best: int = 0                                          # finished epochs since then, against early_stop_patience
+    stopped: bool = False                                        # early stopping fired: the run stays stopped
+    rows: list[dict] = field(default_factory=list)               # metrics.csv, one row per finished epoch
+    device_changes: list[dict] = field(default_factory=list)     # each move to another kind of device: epoch, before, after
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "RunState":
+        "The progress record a checkpoint stores under `run` (`device_changes` may be missing: a run that never moved)."
+        names = {f.name for f in fields(cls)}
+        unknown, missing = sorted(record.keys() - names), sorted(names - {"device_changes"} - record.keys())
+        if unknown or missing:
+            raise CheckpointError(f"a checkpoint's progress record has keys {sorted(record)}: unknown {unknown}, missing {missing}; "
+                                  "it was written by other code: train it with that code, or start a new run_dir")
+        return cls(**copy.deepcopy(record))
+
+    def to_dict(self) -> dict:
+        "The plain dict the checkpoint stores (a weights-only load reads it), with `device_changes` only once the run has moved."
+        record = asdict(self)
+        if not self.device_changes: del record["device_changes"]
+        return record
+
+    def epochs_left(self, limit: int) -> range:
+        "The epochs still to train up to `limit`: none once early stopping has fired."
+        return range(0) if self.stopped else range(self.epoch + 1, limit + 1)
+
+    def finished(self, limit: int) -> bool:
+        "Whether training is over: stopped early, or `limit` epochs done."
+        return self.stopped or self.epoch >= limit
+
+    def end_epoch(self, row: dict, early_stop_patience: int) -> bool:
+        "Record a finished epoch's metrics row and update best / patience / stop; return whether the validation VLB improved."
+        self.rows.append(row)
+        improved = row["valid_vlb"] > self.best_vlb
+        if improved: self.best_vlb, self.best_epoch, self.since_best = row["valid_vlb"], row["epoch"], 0
+        else: self.since_best += 1
+        self.stopped = self.since_best >= early_stop_patience
+        self.epoch = row["epoch"]
+        return improved
+
+    def moved(self, before: str, after: str) -> None:
+        "Note that the run goes on, after its last finished epoch, on another kind of device."
+        self.device_changes.append(dict(epoch=self.epoch, before=before, after=after))
+
 # %% ../nbs/07_train.ipynb #76c87a46
 _RESUMABLE = {"epochs", "compile"}                # config fields a resumed run may change (more epochs; compile on/off)
 
@@ -192,21 +243,21 @@ def _check_same_shapes(saved: dict, current: dict, what: str, path: Path) -> Non
         raise CheckpointError(f"{path} holds {what} for a different model (missing {missing[:3]}, unexpected "
                               f"{unexpected[:3]}, other shapes {changed[:3]}); nothing was loaded and the file is untouched.")
 
-def _snapshot(model, ema, optimizer, scheduler, generator, config, run: dict) -> dict:
+def _snapshot(model, ema, optimizer, scheduler, generator, config, run: RunState) -> dict:
     "Everything an exact resume reads, as one weights-only checkpoint dict."
     rng = {"torch": torch.get_rng_state(), "data": generator.get_state()}
     if generator.device.type == "cuda": rng["cuda"] = torch.cuda.get_rng_state(generator.device)
     return {"format": CHECKPOINT_FORMAT, "config": asdict(config), "device_type": generator.device.type,
             "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": rng, "run": run}
+            "scheduler": scheduler.state_dict(), "rng": rng, "run": run.to_dict()}
 
 STREAM_STRIDE = 1_000_003                          # ours: seeds of a moved run's streams, seed + STREAM_STRIDE * epoch
 
-def _fresh_streams(generator: torch.Generator, config, epoch: int) -> None:
-    "Seed the noise and data streams from the run's seed and `epoch`: how a run moved to another kind of device goes on."
-    torch.manual_seed(config.seed + _rank() + STREAM_STRIDE * epoch); generator.manual_seed(config.seed + STREAM_STRIDE * epoch)
+def _fresh_streams(generator: torch.Generator, config, epoch: int, rank: int) -> None:
+    "Seed the noise (per process `rank`) and data streams from the run's seed and `epoch`: how a run moved to another kind of device goes on."
+    torch.manual_seed(config.seed + rank + STREAM_STRIDE * epoch); generator.manual_seed(config.seed + STREAM_STRIDE * epoch)
 
-def _restore(path, model, ema, optimizer, scheduler, generator, config) -> dict:
+def _restore(path, model, ema, optimizer, scheduler, generator, config, rank: int) -> RunState:
     "Load a checkpoint into the run's objects after checking it fits them; return its progress record (with the move, if it moves device type)."
     state = load_checkpoint(path, generator.device)
     changed = {k: (state["config"].get(k), v) for k, v in asdict(config).items() if k not in _RESUMABLE and state["config"].get(k) != v}
@@ -216,12 +267,12 @@ def _restore(path, model, ema, optimizer, scheduler, generator, config) -> dict:
     _check_same_shapes(state["model"], model.state_dict(), "model weights", path)
     model.load_state_dict(state["model"]); ema.load_state_dict(state["ema"])
     optimizer.load_state_dict(state["optimizer"]); scheduler.load_state_dict(state["scheduler"])
-    run, before, now = state["run"], state["device_type"], generator.device.type
+    run, before, now = RunState.from_dict(state["run"]), state["device_type"], generator.device.type
     if before != now:
-        warnings.warn(f"{path} was written on {before}; training it on {now} from epoch {run['epoch']} with its weights, optimizer "
+        warnings.warn(f"{path} was written on {before}; training it on {now} from epoch {run.epoch} with its weights, optimizer "
                       f"and schedule, and random streams seeded from the seed and the epoch (generator states do not move between devices)")
-        _fresh_streams(generator, config, run["epoch"])
-        run["device_changes"] = run.get("device_changes", []) + [dict(epoch=run["epoch"], before=before, after=now)]
+        _fresh_streams(generator, config, run.epoch, rank)
+        run.moved(before, now)
         return run
     torch.set_rng_state(state["rng"]["torch"].cpu()); generator.set_state(state["rng"]["data"].cpu())
     if "cuda" in state["rng"]: torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), generator.device)
@@ -253,19 +304,9 @@ def _write_metrics(rows: list[dict], run_dir: Path) -> pd.DataFrame:
     return frame
 
 # %% ../nbs/07_train.ipynb #ee6f22c7
-def _end_epoch(run: dict, row: dict, config: TrainConfig) -> bool:
-    "Record an epoch's metrics and update best / patience / stop; return whether the validation VLB improved."
-    run["rows"].append(row)
-    improved = row["valid_vlb"] > run["best_vlb"]
-    if improved: run.update(best_vlb=row["valid_vlb"], best_epoch=row["epoch"], since_best=0)
-    else: run["since_best"] += 1
-    run["stopped"] = run["since_best"] >= config.early_stop_patience
-    run["epoch"] = row["epoch"]
-    return improved
-
-def _epoch_row(epoch, run, train_means, valid_means, lr, seconds) -> dict:
+def _epoch_row(epoch, run: RunState, train_means, valid_means, lr, seconds) -> dict:
     "One row of metrics.csv."
-    return dict(epoch=epoch, steps=run["steps"], **{f"train_{k}": v for k, v in zip(("vlb", "recon", "kl"), train_means)},
+    return dict(epoch=epoch, steps=run.steps, **{f"train_{k}": v for k, v in zip(("vlb", "recon", "kl"), train_means)},
                 **{f"valid_{k}": v for k, v in zip(("vlb", "recon", "kl"), valid_means)}, lr=lr, seconds=seconds)
 
 def _check_free_bits_once(model: nn.Module, config: TrainConfig) -> None:
@@ -275,21 +316,23 @@ def _check_free_bits_once(model: nn.Module, config: TrainConfig) -> None:
         raise ValueError(f"TrainConfig.free_bits = {config.free_bits} with a model that applies free bits itself (its config.free_bits = "
                          f"{own}, per latent feature map): free bits would apply twice; set TrainConfig.free_bits = 0")
 
-def _rank() -> int:
-    "This process's rank in a `torch.distributed` process group (data-parallel training, chapter 25); 0 without one."
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+# %% ../nbs/07_train.ipynb #e4a7b9c1
+class Collective(Protocol):
+    "What `train` needs from the processes that train one run together (data-parallel training, chapter 25)."
+    rank: int                                                    # this process, 0 to world - 1; rank 0's decisions hold for all
+    world: int                                                   # how many processes train the run
 
-def _sum_over_ranks(losses: torch.Tensor, sums: torch.Tensor, n: int):
-    "In a process group: per-step losses averaged, summed (VLB, recon, KL) `[3]` and image counts summed over the processes, the same on every one."
-    if not (dist.is_available() and dist.is_initialized()): return losses, sums, n
-    packed = torch.cat([losses / dist.get_world_size(), sums, sums.new_tensor([n])])
-    dist.all_reduce(packed)
-    return packed[:len(losses)], packed[len(losses):-1], packed[-1]
+    def sum_over_ranks(self, losses: torch.Tensor, sums: torch.Tensor, n: int) -> tuple:
+        "An epoch's per-step losses `[S]` averaged, summed (VLB, recon, KL) `[3]` and image count summed over the processes, the same on every one."
 
-def _from_rank0(t: torch.Tensor) -> torch.Tensor:
-    "In a process group: rank 0's values of `t` on every process (the schedule and early stopping then decide alike); else `t`."
-    if dist.is_available() and dist.is_initialized(): dist.broadcast(t, src=0)
-    return t
+    def from_rank0(self, t: torch.Tensor) -> torch.Tensor:
+        "Rank 0's values of `t`, on every process."
+
+class SingleProcess:
+    "The `Collective` of a run trained by one process, the default of `train`: rank 0 of 1, nothing to combine."
+    rank, world = 0, 1
+    def sum_over_ranks(self, losses: torch.Tensor, sums: torch.Tensor, n: int) -> tuple: return losses, sums, n
+    def from_rank0(self, t: torch.Tensor) -> torch.Tensor: return t
 
 # %% ../nbs/07_train.ipynb #36de4969
 class TrainingInterrupted(Exception):
@@ -303,12 +346,11 @@ class TrainingInterrupted(Exception):
                          + ("resume it exactly" if epoch else "start it"))
 
 class StopRequests:
-    "A context in which SIGTERM and SIGINT set `signal` (their name) instead of stopping the process; main thread only, previous handlers restored on exit."
-    def __init__(self): self.signal, self._previous = None, {}
+    "A context in which SIGTERM and SIGINT set `signal` (their name) instead of stopping the process; main thread only, previous handlers restored on exit. `catch=False` leaves the signals alone."
+    def __init__(self, catch: bool = True): self.signal, self.catch, self._previous = None, catch, {}
 
     def __enter__(self):
-        distributed = dist.is_available() and dist.is_initialized()
-        if threading.current_thread() is threading.main_thread() and not distributed:
+        if self.catch and threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._request) for s in (signal.SIGTERM, signal.SIGINT)}
         return self
 
@@ -352,15 +394,16 @@ def _sole_trainer(run_dir: Path):
 
 # %% ../nbs/07_train.ipynb #5f63567a
 def train(model: nn.Module, data: BinarizedMNIST, config: TrainConfig, run_dir: Path, device="cpu",
-          progress: bool = True, resume: bool = True, step_wrapper=None, deadline: float | None = None) -> pd.DataFrame:
-    "Train `model` in place on `data` (resuming `run_dir` if it holds a checkpoint); return the per-epoch metrics. `step_wrapper(model)` (e.g. DistributedDataParallel, chapter 25) runs the training forward pass. Raises `TrainingInterrupted` at `deadline` (a `time.time()`) or on SIGTERM/SIGINT."
+          progress: bool = True, resume: bool = True, step_wrapper=None, deadline: float | None = None,
+          collective: Collective = SingleProcess()) -> pd.DataFrame:
+    "Train `model` in place on `data` (resuming `run_dir` if it holds a checkpoint); return the per-epoch metrics. `step_wrapper(model)` (e.g. DistributedDataParallel, chapter 25) runs the training forward pass, and `collective` combines the processes' numbers. Raises `TrainingInterrupted` at `deadline` (a `time.time()`) or on SIGTERM/SIGINT."
     device, run_dir = resolve_device(device), Path(run_dir)
     checkpoint = run_dir / "checkpoint.pt"
     if checkpoint.exists() and not resume:
         raise FileExistsError(f"{checkpoint} exists and resume=False; resume it, or choose a new run_dir")
     _check_free_bits_once(model, config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with _sole_trainer(run_dir), StopRequests() as stop:
+    with _sole_trainer(run_dir), StopRequests(catch=collective.world == 1) as stop:
         data, model = data.to(device), model.to(device)
         step_model = model if step_wrapper is None else step_wrapper(model)      # before the copy: DDP gives every rank rank 0's weights
         ema = copy.deepcopy(model).requires_grad_(False).eval()
@@ -369,38 +412,37 @@ def train(model: nn.Module, data: BinarizedMNIST, config: TrainConfig, run_dir: 
                                                                threshold=0.0, threshold_mode="abs")   # improved = strictly higher VLB
         generator = torch.Generator(device=device)
         if checkpoint.exists():
-            run = _restore(checkpoint, model, ema, optimizer, scheduler, generator, config)
+            run = _restore(checkpoint, model, ema, optimizer, scheduler, generator, config, collective.rank)
         else:
-            torch.manual_seed(config.seed + _rank()); generator.manual_seed(config.seed)   # noise per rank, one shuffle for all
-            run = dict(epoch=0, steps=0, best_vlb=-math.inf, best_epoch=0, since_best=0, stopped=False, rows=[])
+            torch.manual_seed(config.seed + collective.rank); generator.manual_seed(config.seed)   # noise per rank, one shuffle for all
+            run = RunState()
         step_model = torch.compile(step_model, dynamic=False) if config.compile else step_model   # static shapes: randn(k, B, D) fails dynamic
         valid = data.valid[: config.valid_images]
         steps_per_epoch = min(len(data.train) // config.batch_size, config.max_steps_per_epoch or math.inf)
-        first = config.epochs + 1 if run["stopped"] else run["epoch"] + 1                # a run stopped early stays stopped
-        epochs = tqdm(range(first, config.epochs + 1), desc="epochs", disable=not progress)
+        epochs = tqdm(run.epochs_left(config.epochs), desc="epochs", disable=not progress)     # a run stopped early stays stopped
         for epoch in epochs:
-            if late := _past_deadline(run["rows"], deadline): raise TrainingInterrupted(late, run_dir, run["epoch"])
+            if late := _past_deadline(run.rows, deadline): raise TrainingInterrupted(late, run_dir, run.epoch)
             start, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
             batches = itertools.islice(data.batches("train", config.batch_size, shuffle=True, generator=generator), config.max_steps_per_epoch)
             with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=not progress) as bar:
-                first_epoch_deadline = deadline if not run["rows"] else None            # later epochs: judged before they start
-                batches = _stoppable(batches, stop, run_dir, run["epoch"], first_epoch_deadline, steps_per_epoch)
-                losses, sums, n = _sum_over_ranks(*train_epoch(model, step_model, ema, batches, optimizer, config, bar))
+                first_epoch_deadline = deadline if not run.rows else None            # later epochs: judged before they start
+                batches = _stoppable(batches, stop, run_dir, run.epoch, first_epoch_deadline, steps_per_epoch)
+                losses, sums, n = collective.sum_over_ranks(*train_epoch(model, step_model, ema, batches, optimizer, config, bar))
             host = torch.cat([sums / n, losses]).tolist()                                 # the epoch's one device-to-host sync
-            _check_finite(host[3:], epoch, checkpoint, run["epoch"])
-            valid_means = _from_rank0(validate(ema, valid, config.batch_size, config.seed)).tolist()
-            if not all(map(math.isfinite, valid_means)): raise NonFiniteLossError("validation bound", epoch, None, checkpoint, run["epoch"])
-            run["steps"] += len(losses)
+            _check_finite(host[3:], epoch, checkpoint, run.epoch)
+            valid_means = collective.from_rank0(validate(ema, valid, config.batch_size, config.seed)).tolist()
+            if not all(map(math.isfinite, valid_means)): raise NonFiniteLossError("validation bound", epoch, None, checkpoint, run.epoch)
+            run.steps += len(losses)
             flow = flow_diagnostics(ema, valid[:FLOW_DIAGNOSTIC_IMAGES])
             row = _epoch_row(epoch, run, host[:3], valid_means, lr, time.perf_counter() - start) | flow
-            if _end_epoch(run, row, config):
+            if run.end_epoch(row, config.early_stop_patience):
                 save_checkpoint({"format": CHECKPOINT_FORMAT, "epoch": epoch, "valid_vlb": row["valid_vlb"], "ema": ema.state_dict()}, run_dir / "best.pt")
             scheduler.step(row["valid_vlb"])
             save_checkpoint(_snapshot(model, ema, optimizer, scheduler, generator, config, run), checkpoint)
-            _write_metrics(run["rows"], run_dir)
+            _write_metrics(run.rows, run_dir)
             epochs.set_postfix(valid_vlb=f"{row['valid_vlb']:.2f}", lr=f"{lr:.2g}")
-            if run["stopped"]: break
-        return _write_metrics(run["rows"], run_dir)
+            if run.stopped: break
+        return _write_metrics(run.rows, run_dir)
 
 # %% ../nbs/07_train.ipynb #03d53c63
 def load_ema_model(model: nn.Module, run_dir: Path, which: str = "best") -> nn.Module:
@@ -419,12 +461,12 @@ def run_progress(run_dir: Path) -> dict | None:
     path = Path(run_dir) / "checkpoint.pt"
     if not path.exists(): return None
     state = load_checkpoint(path)
-    run, config = state["run"], state["config"]
-    return dict(epoch=run["epoch"], best_epoch=run["best_epoch"], best_vlb=run["best_vlb"], since_best=run["since_best"],
-                stopped=run["stopped"], finished=run["stopped"] or run["epoch"] >= config["epochs"],
+    run, config = RunState.from_dict(state["run"]), state["config"]
+    return dict(epoch=run.epoch, best_epoch=run.best_epoch, best_vlb=run.best_vlb, since_best=run.since_best,
+                stopped=run.stopped, finished=run.finished(config["epochs"]),
                 lr=state["optimizer"]["param_groups"][0]["lr"], epochs=config["epochs"],
-                early_stop_patience=config["early_stop_patience"], seconds=[r["seconds"] for r in run["rows"]],
-                flow={k: v for k, v in (run["rows"] or [{}])[-1].items() if k.startswith("flow_")})
+                early_stop_patience=config["early_stop_patience"], seconds=[r["seconds"] for r in run.rows],
+                flow={k: v for k, v in (run.rows or [{}])[-1].items() if k.startswith("flow_")})
 
 def training_finished(run_dir: Path) -> bool:
     "Whether the run in `run_dir` has finished training: stopped early, or reached its epoch limit (False without a checkpoint)."

@@ -1,6 +1,7 @@
-"Tests for iaf_repro.train: exact resume after a crash, the NaN guard, checkpoint errors, EMA and free-bits math, the schedule."
+"Tests for iaf_repro.train: exact resume after a crash, the NaN guard, checkpoint errors, EMA and free-bits math, the schedule, the progress record, the collective."
 import copy
 import os
+import signal
 from dataclasses import replace
 
 import pandas as pd
@@ -12,8 +13,9 @@ from iaf_repro.data import BinarizedMNIST
 from iaf_repro.utils import seeded
 from iaf_repro.mlp_vae import MLPVAE
 from iaf_repro.testing import CrashingData, SimulatedCrash, TurnsNaN
-from iaf_repro.train import (CHECKPOINT_FORMAT, METRIC_COLUMNS, CheckpointError, NonFiniteLossError, TrainConfig, bound_terms,
-                             ema_update, free_bits_objective, load_checkpoint, load_ema_model, save_checkpoint, train, validate)
+from iaf_repro.train import (CHECKPOINT_FORMAT, METRIC_COLUMNS, CheckpointError, NonFiniteLossError, RunState, SingleProcess, TrainConfig,
+                             bound_terms, ema_update, free_bits_objective, load_checkpoint, load_ema_model, save_checkpoint, train,
+                             validate)
 from iaf_repro.vae import Terms, VAEConfig, toy_images
 
 SETTINGS = settings(max_examples=25, deadline=None)
@@ -305,3 +307,37 @@ def test_ema_update_equals_the_per_tensor_lerp_bit_for_bit():
         ema_update(ema, model, 0.99)
     for a, b in zip(ema.state_dict().values(), reference.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_run_state_reads_back_the_record_a_checkpoint_stores(tmp_path):
+    "The progress record stays the plain dict of the checkpoint format: the same keys, read back and written out unchanged."
+    train(tiny_model(0), tiny_data(), CONFIG, tmp_path, progress=False)
+    record = load_checkpoint(tmp_path / "checkpoint.pt")["run"]
+    assert set(record) == {"epoch", "steps", "best_vlb", "best_epoch", "since_best", "stopped", "rows"}   # never moved
+    state = RunState.from_dict(record)
+    assert (state.epoch, state.steps, len(state.rows), state.device_changes) == (2, 8, 2, [])
+    assert state.to_dict() == record and state.finished(CONFIG.epochs) and not state.finished(3)
+    assert list(state.epochs_left(4)) == [3, 4] and list(replace(state, stopped=True).epochs_left(4)) == []
+    with pytest.raises(CheckpointError, match=r"unknown \['lr'\]"): RunState.from_dict(record | {"lr": 0.1})
+
+
+class Rank1Collective(SingleProcess):
+    "A collective for rank 1 of `world` whose rank 0 reports fixed validation numbers; records the SIGTERM handler at each reduction."
+    rank = 1
+    def __init__(self, world): self.world, self.handlers = world, []
+    def sum_over_ranks(self, losses, sums, n):
+        self.handlers.append(signal.getsignal(signal.SIGTERM))
+        return losses, sums, n
+    def from_rank0(self, t): return t.new_tensor([-100.0, -60.0, 40.0])
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_train_seeds_reduces_and_catches_signals_through_its_collective(tmp_path, world):
+    data, before = tiny_data(), signal.getsignal(signal.SIGTERM)
+    alone = train(tiny_model(0), data, CONFIG, tmp_path / "alone", progress=False)
+    collective = Rank1Collective(world)
+    as_rank1 = train(tiny_model(0), data, CONFIG, tmp_path / "rank1", progress=False, collective=collective)
+    assert (as_rank1.valid_vlb == -100.0).all() and (as_rank1.valid_kl == 40.0).all()                 # rank 0's numbers decide
+    assert (as_rank1.train_vlb != alone.train_vlb).all()                                                # noise seeded with seed + rank
+    assert len(collective.handlers) == CONFIG.epochs
+    assert all((h == before) == (world > 1) for h in collective.handlers)       # a process group's processes keep their handlers
