@@ -1,5 +1,6 @@
 # The two commands of a fresh machine (see README.md):
-#   make reproduce   renders every figure (and, as the experiments land, every table)
+#   make reproduce   prints its plan, reuses the committed results and released weights, trains what is missing,
+#                    writes every table and redraws every figure; `make reproduce RETRAIN=1` retrains the default rows
 #   make test        checks the export, runs every notebook's tests and the property tests
 # Both set up .venv first; running them again reuses it.
 PYTHON ?= python3
@@ -24,8 +25,10 @@ $(STAMP): settings.ini setup.py
 
 setup: $(STAMP)
 
+# RETRAIN=1: train the default rows and figure models again from scratch (iaf-repro reproduce --retrain).
+RETRAIN ?=
 reproduce: setup
-	$(BIN)/iaf-repro reproduce
+	$(BIN)/iaf-repro reproduce $(if $(RETRAIN),--retrain)
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash tools/check_notebooks.sh

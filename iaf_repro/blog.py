@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from .utils import save_figure
-from .experiments import TARGETS, get_preset, plot_prior_samples, read_result, result_path, trained_model
+from .experiments import TARGETS, get_preset, plot_prior_samples, read_result, result_path
+from .release import WEIGHTS_DIR, released_or_trained
 
 # %% ../nbs/14_blog_table.ipynb #45e58d26
 BLOG_PRESETS = ("thresholded-diag", "thresholded-iaf-d4-w320")
@@ -90,13 +91,14 @@ def plot_blog_curves(results_dir: Path = Path("figures/tables/runs"), budget: st
     return fig
 
 # %% ../nbs/14_blog_table.ipynb #bd793ed8
-def make_figures(out_dir: Path, quick: bool = False, runs_dir: Path = Path("runs"),
-                 results_dir: Path = Path("figures/tables/runs")) -> list[Path]:
-    "Run (or reuse) the two thresholded-MNIST presets, write the blog table into `out_dir/tables`, draw the loss curves and prior samples."
+def make_figures(out_dir: Path, quick: bool = False, runs_dir: Path | None = None,
+                 results_dir: Path = Path("figures/tables/runs"), weights_dir: Path = WEIGHTS_DIR) -> list[Path]:
+    "Load the two thresholded-MNIST presets' released weights (or reuse or train their runs: chapter 09c), write the blog table into `out_dir/tables`, draw the loss curves and prior samples."
     with tempfile.TemporaryDirectory() as tmp:
         budget = "smoke" if quick else "cpu"
-        if quick: runs_dir, results_dir = Path(tmp) / "runs", Path(tmp) / "results"
-        models = {get_preset(p).label: trained_model(p, budget, runs_dir=runs_dir, results_dir=results_dir) for p in BLOG_PRESETS}
+        if quick: runs_dir, results_dir, weights_dir = Path(tmp) / "runs", Path(tmp) / "results", Path(tmp) / "weights"
+        where = dict(runs_dir=runs_dir, results_dir=results_dir, weights_dir=weights_dir)
+        models = {get_preset(p).label: released_or_trained(p, budget, **where) for p in BLOG_PRESETS}
         out_dir = Path(out_dir)
         write_blog_table(results_dir, out_dir / "tables", budget)
         curves = save_figure(plot_blog_curves(results_dir, budget), out_dir / "blog_training_curves.png")

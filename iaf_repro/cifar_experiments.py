@@ -35,8 +35,8 @@ def _curves_title(names: list[str], budget: str) -> str:
     return f"CIFAR-10 runs, `{budget}` budget: {what}"
 
 def cifar_run_figures(budget: str = "cpu", results_dir: Path = Path("figures/tables/runs"), runs_dir: Path | None = None,
-                      out_dir: Path = Path("figures"), seed: int = 0) -> list[Path]:
-    "Training curves of the CIFAR runs at `budget`, and reconstructions and samples of those whose checkpoints are in `runs_dir`."
+                      out_dir: Path = Path("figures"), seed: int = 0, models: dict | None = None) -> list[Path]:
+    "Training curves of the CIFAR runs at `budget`, and reconstructions and samples of `models` (by preset; by default the runs whose checkpoints are in `runs_dir`)."
     names = [n for n in CIFAR_PRESETS if result_path(results_dir, n, budget, seed, ".metrics.csv").exists()]
     runs_dir = resolve_runs_dir(runs_dir)
     if not names: return []
@@ -45,8 +45,9 @@ def cifar_run_figures(budget: str = "cpu", results_dir: Path = Path("figures/tab
                          Path(out_dir) / f"cifar_training_curves_{budget}.png")]
     test = load_cifar10().test
     x = test[torch.linspace(0, len(test) - 1, 8).long()]
-    for n in (n for n in names if (runs_dir / run_name(n, budget, seed) / "best.pt").exists()):
-        model = load_ema_model(CIFAR_PRESETS[n].build_model(), runs_dir / run_name(n, budget, seed))
+    if models is None: models = {n: load_ema_model(CIFAR_PRESETS[n].build_model(), runs_dir / run_name(n, budget, seed))
+                                 for n in names if (runs_dir / run_name(n, budget, seed) / "best.pt").exists()}
+    for n, model in ((n, models[n]) for n in names if n in models):
         torch.manual_seed(seed)
         rows = {"test image": x, "reconstruction": model.reconstruct(x), "sample": model.sample(8, torch.Generator().manual_seed(seed))}
         fig = plot_images(rows, title=f"{CIFAR_PRESETS[n].label}, `{budget}` budget (weight average of the best epoch)")

@@ -8,7 +8,7 @@ __all__ = ['PRESETS', 'FIGURE_PRESETS', 'CIFAR_PRESETS', 'BUDGETS', 'CIFAR_BUDGE
            'Budget', 'get_budget', 'run_name', 'result_path', 'resolve_runs_dir', 'write_atomic', 'write_json',
            'training_provenance', 'trained_under', 'initial_model', 'run', 'published', 'read_result', 'table_markdown',
            'cifar_table_markdown', 'Table', 'get_table', 'build_table', 'write_tables', 'write_table',
-           'plot_prior_samples', 'table_figures', 'ensure_run', 'trained_model', 'reproduce']
+           'plot_prior_samples', 'table_figures', 'ensure_run', 'trained_model']
 
 # %% ../nbs/09_experiments.ipynb #2eaec6d3
 import json
@@ -399,8 +399,8 @@ def plot_prior_samples(models: dict, n: int = 10, seed: int = 0, title: str = "S
     return fig
 
 def table_figures(table: str, budget: str, results_dir: Path = Path("figures/tables/runs"), runs_dir: Path | None = None,
-                  out_dir: Path = Path("figures"), seed: int = 0) -> list[Path]:
-    "Training curves (and reconstructions and prior samples, if the checkpoints are in `runs_dir`) of an MNIST table's runs at `budget`."
+                  out_dir: Path = Path("figures"), seed: int = 0, models: dict[str, nn.Module] | None = None) -> list[Path]:
+    "Training curves, and reconstructions and prior samples, of an MNIST table's runs at `budget`; the models drawn are `models` (by preset), by default the finished runs in `runs_dir`."
     t = get_table(table)
     if "cifar10" in t.datasets: raise ValueError(f"{table} is a CIFAR-10 table: chapter 24's `cifar_run_figures` draws its runs")
     names = [n for n in t.presets if result_path(results_dir, n, budget, seed, ".metrics.csv").exists()]
@@ -413,9 +413,11 @@ def table_figures(table: str, budget: str, results_dir: Path = Path("figures/tab
     fig = plot_training_curves(curves, title=f"{title} runs, `{budget}` budget: the two terms of the bound per epoch")
     paths = [out_dir / f"{table}_training_curves_{budget}.png"]
     save_figure(fig, paths[0])
-    have = [n for n in names if training_finished(runs_dir / run_name(n, budget, seed))]
+    if models is None: models = {n: load_ema_model(PRESETS[n].build_model(), runs_dir / run_name(n, budget, seed))
+                                 for n in names if training_finished(runs_dir / run_name(n, budget, seed))}
+    have = [n for n in names if n in models]
     if have:
-        models = {PRESETS[n].row: load_ema_model(PRESETS[n].build_model(), runs_dir / run_name(n, budget, seed)) for n in have}
+        models = {PRESETS[n].row: models[n] for n in have}
         mnist = PRESETS[have[0]].dataset
         test = load_mnist(mnist).test
         fig = plot_reconstructions(models, test, n=10, title=f"{title} models ({mnist} MNIST, `{budget}` budget): "
@@ -443,12 +445,3 @@ def trained_model(preset: str, budget: str = "cpu", seed: int = 0, device: str =
 
 DEFAULT_PRESETS = ("static-diag", "static-iaf-d2-w320", "static-iaf-d2-w320-const",   # the rows of the default `cpu` reproduction
                    "cifar-simple-diag", "cifar-simple-iaf-d2-w320")
-
-def reproduce(budget: str = "cpu", presets: list[str] | None = None, seed: int = 0, device: str = "auto",
-              runs_dir: Path | None = None, results_dir: Path = Path("figures/tables/runs"),
-              out_dir: Path = Path("figures/tables")) -> dict[str, pd.DataFrame]:
-    "Run `presets` at `budget` (skipping those with results already), then write every table."
-    get_budget(budget)
-    presets = [get_preset(name).name for name in (presets or DEFAULT_PRESETS)]     # every name checked before hours of training
-    for name in presets: ensure_run(name, budget, seed, device, runs_dir, results_dir)
-    return write_tables(None, results_dir, out_dir)

@@ -14,7 +14,8 @@ import torch
 
 from .data import load_mnist, static_test_labels
 from .utils import save_figure, seeded
-from .experiments import get_preset, trained_model
+from .experiments import get_preset
+from .release import WEIGHTS_DIR, released_or_trained
 from .vae import VAE, make_vae
 
 # %% ../nbs/13_latent_manifold.ipynb #4ef5f6af
@@ -72,13 +73,14 @@ def plot_latent_manifold(models: dict, images: torch.Tensor, labels: torch.Tenso
 # %% ../nbs/13_latent_manifold.ipynb #2b0abe9b
 MANIFOLD_PRESETS = ("static-diag-z2", "static-iaf-d2-w320-z2")
 
-def make_figures(out_dir: Path, quick: bool = False, runs_dir: Path = Path("runs"),
-                 results_dir: Path = Path("figures/tables/runs")) -> list[Path]:
+def make_figures(out_dir: Path, quick: bool = False, runs_dir: Path | None = None,
+                 results_dir: Path = Path("figures/tables/runs"), weights_dir: Path = WEIGHTS_DIR) -> list[Path]:
     "Draw the latent-manifold figure into `out_dir`, from the `cpu` runs of the two 2-D presets (`smoke` runs in a temporary folder if `quick`)."
     with tempfile.TemporaryDirectory() as tmp:
-        where = dict(runs_dir=Path(tmp) / "runs", results_dir=Path(tmp) / "results") if quick else dict(runs_dir=runs_dir, results_dir=results_dir)
+        where = (dict(runs_dir=Path(tmp) / "runs", results_dir=Path(tmp) / "results", weights_dir=Path(tmp) / "weights") if quick
+                 else dict(runs_dir=runs_dir, results_dir=results_dir, weights_dir=weights_dir))
         budget = "smoke" if quick else "cpu"
-        models = {get_preset(p).label: trained_model(p, budget, **where) for p in MANIFOLD_PRESETS}
+        models = {get_preset(p).label: released_or_trained(p, budget, **where) for p in MANIFOLD_PRESETS}
     images, labels = load_mnist("static").test, static_test_labels()
     if quick: images, labels = images[::50], labels[::50]
     fig = plot_latent_manifold(models, images, labels, n=8 if quick else 20, k=8 if quick else 64)
