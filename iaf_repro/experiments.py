@@ -206,7 +206,7 @@ def run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto",
     config = TrainConfig(epochs=b.epochs, batch_size=b.batch_size * world, seed=seed, early_stop_patience=b.early_stop_patience,
                          valid_images=b.valid_images)                     # the global batch: each rank trains on b.batch_size images
     try: metrics = train(model, data, config, run_dir, device=dev, progress=progress, step_wrapper=step_wrapper, deadline=deadline,
-                           collective=collective)
+                           collective=collective, name=name)
     except BaseException:
         if fresh: _forget_untrained(run_dir)
         raise

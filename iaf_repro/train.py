@@ -395,8 +395,8 @@ def _sole_trainer(run_dir: Path):
 # %% ../nbs/07_train.ipynb #5f63567a
 def train(model: nn.Module, data: BinarizedMNIST, config: TrainConfig, run_dir: Path, device="cpu",
           progress: bool = True, resume: bool = True, step_wrapper=None, deadline: float | None = None,
-          collective: Collective = SingleProcess()) -> pd.DataFrame:
-    "Train `model` in place on `data` (resuming `run_dir` if it holds a checkpoint); return the per-epoch metrics. `step_wrapper(model)` (e.g. DistributedDataParallel, chapter 25) runs the training forward pass, and `collective` combines the processes' numbers. Raises `TrainingInterrupted` at `deadline` (a `time.time()`) or on SIGTERM/SIGINT."
+          collective: Collective = SingleProcess(), name: str = "epochs") -> pd.DataFrame:
+    "Train `model` in place on `data` (resuming `run_dir` if it holds a checkpoint); return the per-epoch metrics. `name` labels the progress bar. `step_wrapper(model)` (e.g. DistributedDataParallel, chapter 25) runs the training forward pass, and `collective` combines the processes' numbers. Raises `TrainingInterrupted` at `deadline` (a `time.time()`) or on SIGTERM/SIGINT."
     device, run_dir = resolve_device(device), Path(run_dir)
     checkpoint = run_dir / "checkpoint.pt"
     if checkpoint.exists() and not resume:
@@ -419,7 +419,7 @@ def train(model: nn.Module, data: BinarizedMNIST, config: TrainConfig, run_dir: 
         step_model = torch.compile(step_model, dynamic=False) if config.compile else step_model   # static shapes: randn(k, B, D) fails dynamic
         valid = data.valid[: config.valid_images]
         steps_per_epoch = min(len(data.train) // config.batch_size, config.max_steps_per_epoch or math.inf)
-        epochs = tqdm(run.epochs_left(config.epochs), desc="epochs", disable=not progress)     # a run stopped early stays stopped
+        epochs = tqdm(run.epochs_left(config.epochs), desc=name, disable=not progress)     # a run stopped early stays stopped
         for epoch in epochs:
             if late := _past_deadline(run.rows, deadline): raise TrainingInterrupted(late, run_dir, run.epoch)
             start, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
