@@ -58,15 +58,15 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     ema_params, params = dict(ema.named_parameters()), dict(model.named_parameters())
     if ema_params.keys() != params.keys():
         raise ValueError(f"ema and model must have the same parameters, got {len(ema_params)} and {len(params)} named differently")
-    torch._foreach_lerp_(list(ema_params.values()), [params[name] for name in ema_params], 1 - decay)   # one call for all tensors
+    for name, average in ema_params.items(): average.lerp_(params[name], 1 - decay)
     _copy_changed_buffers(list(ema.buffers()), list(model.buffers()))
 
 def _copy_changed_buffers(ema_buffers: list[torch.Tensor], buffers: list[torch.Tensor]) -> None:
     "Copy each model buffer into the average's, skipping pairs that neither side has written since their last copy."
     synced = lambda e, b: (b.data_ptr(), b._version, e._version)               # the source and both version counters
     stale = [(e, b) for e, b in zip(ema_buffers, buffers) if getattr(e, "_synced", None) != synced(e, b)]
-    if stale: torch._foreach_copy_([e for e, _ in stale], [b for _, b in stale])
-    for e, b in stale: e._synced = synced(e, b)                                 # remembered on the average's tensor
+    for e, b in stale:
+        e.copy_(b); e._synced = synced(e, b)                                    # remembered on the average's tensor
 
 # %% ../nbs/07_train.ipynb #5dc4ee4f
 CHECKPOINT_FORMAT = "iaf-repro-train-v1"
