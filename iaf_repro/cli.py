@@ -177,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="where every run in the runs folder stands: epoch, best VLB, pace, epochs and hours left")
     st.add_argument("--write", action="store_true", help="also write <out>/tables/campaign.csv and <out>/campaign_progress.png")
     st.add_argument("--out", type=Path, default=Path("figures"), help="output folder for --write (default: figures)")
-    ls = sub.add_parser("list", help="every preset (MNIST and CIFAR-10): its table and row, and whether its results and weights exist")
+    ls = sub.add_parser("list", help="every preset (MNIST and CIFAR-10): its table and row, whether its results exist, and its weights: released, run (finished), no")
     ls.add_argument("--budget", default="cpu", help="the budget whose results and weights to look for: smoke | cpu | paper (default: cpu)")
     rl = sub.add_parser("release", help="copy a finished run's best weight average into weights/, checked against its results file")
     rl.add_argument("preset", help="the run's preset: `iaf-repro list` shows them all")
@@ -225,7 +225,7 @@ def _check_project(tables_dir: Path = Path("figures/tables")) -> None:
                                 "run `iaf-repro table` from the repository root")
 
 def presets_overview(budget: str = "cpu", runs_dir: Path | None = None, results_dir: Path = Path("figures/tables/runs"), seed: int = 0):
-    "Every preset, MNIST and CIFAR-10: its table and row label, and whether its results file and finished run (its weights) exist at `budget`."
+    "Every preset, MNIST and CIFAR-10: its table and row label, whether its results file exists at `budget`, and where its weights would come from: released, a finished run, or no."
     import pandas as pd
     experiments = importlib.import_module("iaf_repro.experiments")
     experiments.get_budget(budget)
@@ -235,9 +235,12 @@ def presets_overview(budget: str = "cpu", runs_dir: Path | None = None, results_
     rows = [(name, "CIFAR-10" if cifar(p) else "MNIST", tables(name), p.label if cifar(p) else f"{p.dataset}: {p.label}")
             for name, p in experiments.PRESETS.items()]
     yes = lambda flag: "yes" if flag else "no"
+    source = importlib.import_module("iaf_repro.release").weights_source
+    kinds = {"released": "released", "run": "run", "none": "no", "error": "mismatch"}     # run: a finished run in the runs folder
+    weights = lambda name: kinds[source(name, budget, seed, runs_dir, results_dir)[0]]
     return pd.DataFrame([dict(preset=name, data=data, table=table, row=row,
                               results=yes(experiments.result_path(results_dir, name, budget, seed).exists()),
-                              weights=yes(importlib.import_module("iaf_repro.train").training_finished(runs_dir / experiments.run_name(name, budget, seed))))
+                              weights=weights(name))
                          for name, data, table, row in rows])
 
 def main(argv: list[str] | None = None) -> int:

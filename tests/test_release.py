@@ -224,3 +224,10 @@ def test_the_release_command_and_the_dry_run(smoke, tmp_path, monkeypatch, capsy
 def test_released_weights_are_not_ignored_by_git_and_checkpoints_are():
     ignored = lambda path: subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0
     assert not ignored("weights/static-diag__cpu__s0.pt") and ignored("runs/x/best.pt") and ignored("checkpoint.pt")
+
+
+def test_list_says_where_each_presets_weights_would_come_from(smoke):
+    from iaf_repro.cli import presets_overview
+    table = presets_overview("smoke", **smoke["where"]).set_index("preset")
+    assert table.loc["static-diag", "weights"] == "run"                          # finished here, not released
+    assert table.loc["dynamic-diag", "weights"] == "no" and table.loc["static-diag", "results"] == "yes"
