@@ -42,11 +42,6 @@ WHEELS = ("fastcore",)
 CIFAR_MIB = 161                                 # cifar10_train.npz and cifar10_test.npz                          # iaf_repro's requirements the GPU machine's image lacks
 
 
-def runs_dir() -> Path:
-    "The local runs folder, as the package resolves it: $IAF_REPRO_RUNS, else ~/.cache/iaf_repro/runs."
-    return Path(os.environ.get("IAF_REPRO_RUNS", Path.home() / ".cache" / "iaf_repro" / "runs"))
-
-
 def parse_run(name: str) -> tuple[str, str, int]:
     "`<preset>__<budget>__s<seed>` -> (preset, budget, seed)."
     parts = name.split("__")
@@ -208,9 +203,10 @@ def main(argv=None) -> int:
     u.add_argument("files", type=Path, help="the folder holding leg.tar.partNN (the device tool's files_at)")
     u.add_argument("--results", type=Path, default=ROOT / "figures" / "tables" / "runs")
     args = ap.parse_args(argv)
-    if args.command == "pack": print(json.dumps(pack(args.runs, runs_dir(), args.data), indent=1))
-    elif args.command == "train": return train(args.until, args.device, args.out, threads=args.threads)
-    else: print(json.dumps(unpack(args.files, runs_dir(), args.results), indent=1))
+    if args.command == "train": return train(args.until, args.device, args.out, threads=args.threads)   # no iaf_repro import here
+    from iaf_repro.experiments import resolve_runs_dir                          # here (pack, unpack) the package is installed
+    if args.command == "pack": print(json.dumps(pack(args.runs, resolve_runs_dir(), args.data), indent=1))
+    else: print(json.dumps(unpack(args.files, resolve_runs_dir(), args.results), indent=1))
     return 0
 
 
