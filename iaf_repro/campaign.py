@@ -160,7 +160,8 @@ def progress_summary(curves: dict[str, pd.DataFrame]) -> pd.DataFrame:
     base, rows = diagonal_baseline(list(curves)), []
     for name, curve in curves.items():
         best = curve.loc[curve.valid_vlb.idxmax()]
-        lead = validation_lead(curves, name, base).iloc[-1] if base and name != base and len(validation_lead(curves, name, base)) else None
+        leads = validation_lead(curves, name, base) if base and name != base else pd.DataFrame()
+        lead = leads.iloc[-1] if len(leads) else None
         rows.append(dict(run=name, epochs=int(curve.epoch.max()), best_valid_vlb=best.valid_vlb, best_epoch=int(best.epoch),
                          lead_over_diagonal=None if lead is None else lead.lead, at_epoch=None if lead is None else int(lead.epoch)))
     table = pd.DataFrame(rows, columns=["run", "epochs", "best_valid_vlb", "best_epoch", "lead_over_diagonal", "at_epoch"])
