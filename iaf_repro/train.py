@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'FLOW_DIAGNOSTIC_IMAGES', 'METRIC_COLUMNS', 'bound_terms', 'free_bits_objective', 'ema_update',
-           'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'TrainConfig', 'model_device', 'validate',
-           'train_epoch', 'NonFiniteLossError', 'RunState', 'flow_diagnostics', 'resolve_device', 'Collective',
-           'SingleProcess', 'TrainingInterrupted', 'StopRequests', 'train', 'load_ema_model', 'run_progress',
-           'training_finished', 'plot_ema_vs_raw', 'make_figures']
+           'copy_buffers', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'TrainConfig', 'model_device',
+           'validate', 'train_epoch', 'NonFiniteLossError', 'RunState', 'flow_diagnostics', 'resolve_device',
+           'Collective', 'SingleProcess', 'TrainingInterrupted', 'StopRequests', 'train', 'load_ema_model',
+           'run_progress', 'training_finished', 'plot_ema_vs_raw', 'make_figures']
 
 # %% ../nbs/07_train.ipynb #3ee918a4
 import copy
@@ -54,19 +54,19 @@ def free_bits_objective(recon: torch.Tensor, kl: torch.Tensor, free_bits: float 
 # %% ../nbs/07_train.ipynb #d2054fd4
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    "theta_ema <- decay * theta_ema + (1 - decay) * theta for every parameter, in place; buffers copied (Eq. (5); openai/iaf)."
+    "theta_ema <- decay * theta_ema + (1 - decay) * theta for every parameter, in place (Eq. (5); openai/iaf). Buffers: `copy_buffers`."
     ema_params, params = dict(ema.named_parameters()), dict(model.named_parameters())
     if ema_params.keys() != params.keys():
         raise ValueError(f"ema and model must have the same parameters, got {len(ema_params)} and {len(params)} named differently")
     for name, average in ema_params.items(): average.lerp_(params[name], 1 - decay)
-    _copy_changed_buffers(list(ema.buffers()), list(model.buffers()))
 
-def _copy_changed_buffers(ema_buffers: list[torch.Tensor], buffers: list[torch.Tensor]) -> None:
-    "Copy each model buffer into the average's, skipping pairs that neither side has written since their last copy."
-    synced = lambda e, b: (b.data_ptr(), b._version, e._version)               # the source and both version counters
-    stale = [(e, b) for e, b in zip(ema_buffers, buffers) if getattr(e, "_synced", None) != synced(e, b)]
-    for e, b in stale:
-        e.copy_(b); e._synced = synced(e, b)                                    # remembered on the average's tensor
+@torch.no_grad()
+def copy_buffers(ema: nn.Module, model: nn.Module) -> None:
+    "Copy every buffer of `model` (masks, running statistics) into the average `ema`, which keeps no buffers of its own."
+    ema_buffers, buffers = dict(ema.named_buffers()), dict(model.named_buffers())
+    if ema_buffers.keys() != buffers.keys():
+        raise ValueError(f"ema and model must have the same buffers, got {len(ema_buffers)} and {len(buffers)} named differently")
+    for name, buffer in ema_buffers.items(): buffer.copy_(buffers[name])
 
 # %% ../nbs/07_train.ipynb #5dc4ee4f
 CHECKPOINT_FORMAT = "iaf-repro-train-v1"
@@ -146,7 +146,7 @@ def validate(model: nn.Module, images: torch.Tensor, batch_size: int = 100, seed
 
 # %% ../nbs/07_train.ipynb #9ccdf949
 def train_epoch(model, step_model, ema, batches, optimizer, config, bar) -> tuple[torch.Tensor, torch.Tensor, int]:
-    "One pass over `batches`: per-step losses `[S]`, summed (VLB, recon, KL) `[3]` and the image count, all left on the device."
+    "One pass over `batches`: per-step losses `[S]`, summed (VLB, recon, KL) `[3]` and the image count, all left on the device; the average `ema` updated after each step, its buffers copied at the end."
     model.train()
     autocast = torch.autocast(model_device(model).type, dtype=torch.bfloat16) if config.amp else nullcontext()
     losses, sums, n = [], [], 0
@@ -162,6 +162,7 @@ def train_epoch(model, step_model, ema, batches, optimizer, config, bar) -> tupl
         losses.append(loss.detach()); sums.append(torch.stack([vlb.sum(), recon.sum(), kl.sum()]).detach())
         n += len(x); bar.update()
     if not losses: raise ValueError(f"no training batch: the train split has fewer images than batch_size = {config.batch_size}")
+    copy_buffers(ema, model)                                                          # once an epoch, before the average is used
     return torch.stack(losses), torch.stack(sums).sum(0), n
 
 # %% ../nbs/07_train.ipynb #f6882f2d

@@ -14,8 +14,8 @@ from iaf_repro.utils import seeded
 from iaf_repro.mlp_vae import MLPVAE
 from iaf_repro.testing import CrashingData, SimulatedCrash, TurnsNaN
 from iaf_repro.train import (CHECKPOINT_FORMAT, METRIC_COLUMNS, CheckpointError, NonFiniteLossError, RunState, SingleProcess, TrainConfig,
-                             bound_terms, ema_update, free_bits_objective, load_checkpoint, load_ema_model, save_checkpoint, train,
-                             validate)
+                             bound_terms, copy_buffers, ema_update, free_bits_objective, load_checkpoint, load_ema_model, save_checkpoint, train,
+                             train_epoch, validate)
 from iaf_repro.vae import Terms, VAEConfig, toy_images
 
 SETTINGS = settings(max_examples=25, deadline=None)
@@ -255,30 +255,36 @@ def test_ema_update_is_the_unrolled_average(decay, steps, seed):
     torch.testing.assert_close(ema.weight[0], weights @ thetas, rtol=1e-10, atol=1e-12)
 
 
-def test_ema_copies_buffers_and_rejects_other_models():
+def test_ema_update_leaves_buffers_and_copy_buffers_copies_them_all():
     model, ema = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
-    model.running_mean.fill_(2.0)
+    model.running_mean.fill_(2.0); model.num_batches_tracked.fill_(7)
     ema_update(ema, model, 0.5)
+    assert ema.running_mean.eq(0).all() and ema.num_batches_tracked.item() == 0
+    copy_buffers(ema, model)
+    for name, buffer in model.named_buffers(): assert torch.equal(dict(ema.named_buffers())[name], buffer)
+    ema.running_mean.zero_()                                                       # the average's copy written (a load, say)
+    copy_buffers(ema, model)                                                       # copied again: no memory of an earlier copy
     assert torch.equal(ema.running_mean, model.running_mean)
     with pytest.raises(ValueError, match="same parameters"):
         ema_update(torch.nn.Linear(2, 1), torch.nn.Linear(2, 1, bias=False), 0.9)
+    with pytest.raises(ValueError, match="same buffers"):
+        copy_buffers(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(2))
 
 
-def test_ema_copies_a_buffer_again_only_after_either_side_changed_it():
-    model, ema = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
-    ema_update(ema, model, 0.5)
-    version = ema.running_mean._version
-    ema_update(ema, model, 0.5)
-    assert ema.running_mean._version == version                                    # unchanged: not copied again
-    model.running_mean.fill_(3.0)                                                  # the model's buffer written
-    ema_update(ema, model, 0.5)
-    assert torch.equal(ema.running_mean, model.running_mean)
-    ema.running_mean.zero_()                                                       # the average's copy written (a load, say)
-    ema_update(ema, model, 0.5)
-    assert torch.equal(ema.running_mean, model.running_mean)
-    other = torch.nn.BatchNorm1d(3); other.running_mean.fill_(-1.0)                # the same average fed by another model
-    ema_update(ema, other, 0.5)
-    assert torch.equal(ema.running_mean, other.running_mean)
+def test_train_epoch_leaves_the_average_with_the_models_buffers():
+    "Buffers copied once, at the end of the epoch: the average validated and saved after it holds the model's."
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    ema = copy.deepcopy(model)
+    class Bound(torch.nn.Module):                                                  # the VAE's (vlb, recon, kl) terms, per image
+        def __init__(self, net): super().__init__(); self.net = net
+        def forward(self, x, k): out = self.net(x).sum(-1)[None]; return Terms(out, torch.zeros_like(out), torch.zeros_like(out))
+    batches = [torch.randn(8, 4) for _ in range(3)]
+    optimizer = torch.optim.Adamax(model.parameters(), lr=1e-2)
+    class Bar:
+        def update(self): pass
+    train_epoch(model, Bound(model), ema, batches, optimizer, TrainConfig(epochs=1), Bar())
+    assert not model[1].running_mean.eq(0).all()                                   # training moved the running statistics
+    for name, buffer in model.named_buffers(): assert torch.equal(dict(ema.named_buffers())[name], buffer)
 
 
 def test_validate_is_deterministic_and_leaves_the_callers_rng():
