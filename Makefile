@@ -26,9 +26,11 @@ $(STAMP): settings.ini setup.py
 setup: $(STAMP)
 
 # RETRAIN=1: train the default rows and figure models again from scratch (iaf-repro reproduce --retrain).
+# REFIT=1: fit the chapters' own figure fits again instead of drawing them from figures/fits (iaf-repro reproduce --refit).
 RETRAIN ?=
+REFIT ?=
 reproduce: setup
-	$(BIN)/iaf-repro reproduce $(if $(RETRAIN),--retrain)
+	$(BIN)/iaf-repro reproduce $(if $(RETRAIN),--retrain) $(if $(REFIT),--refit)
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash tools/check_notebooks.sh

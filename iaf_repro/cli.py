@@ -9,6 +9,7 @@ __all__ = ['CHAPTERS', 'DEVICES', 'render_figures', 'draw_run_figures', 'render_
 # %% ../nbs/99_cli.ipynb #64908a70
 import argparse
 import importlib
+import inspect
 import json
 import posixpath
 import re
@@ -47,14 +48,17 @@ def _check_chapters(names: list[str] | None) -> list[str]:
     return [n for n in CHAPTERS if n in names]
 
 # %% ../nbs/99_cli.ipynb #fea7d33e
-def render_figures(names: list[str] | None = None, out_dir: Path = Path("figures"), quick: bool = False) -> dict[str, list[Path]]:
-    "Run each chapter's `make_figures` into `out_dir`; return the paths written, by chapter, and print timings."
+def render_figures(names: list[str] | None = None, out_dir: Path = Path("figures"), quick: bool = False,
+                   refit: bool = False) -> dict[str, list[Path]]:
+    "Run each chapter's `make_figures` into `out_dir`; return the paths written, by chapter, and print timings. Chapters that fit something draw from their saved fit in `out_dir/fits` (chapter 97's `saved_fit`), unless `refit`."
     written = {}
     count = "{desc}: chapter {n_fmt} of {total_fmt} [{elapsed}]{postfix}"      # a count, no ETA: chapters differ in cost by 1000x
     for name in (bar := tqdm(_check_chapters(names), desc="figures", bar_format=count)):
         bar.set_postfix_str(name)
         start = time.perf_counter()
-        written[name] = importlib.import_module(CHAPTERS[name]).make_figures(Path(out_dir), quick=quick)
+        make_figures = importlib.import_module(CHAPTERS[name]).make_figures
+        fits = {"refit": refit} if "refit" in inspect.signature(make_figures).parameters else {}   # only the chapters that fit
+        written[name] = make_figures(Path(out_dir), quick=quick, **fits)
         print(f"{name:>20}: {time.perf_counter() - start:6.1f} s  " + ", ".join(p.name for p in written[name]))
     return written
 
@@ -157,6 +161,8 @@ def _parser() -> argparse.ArgumentParser:
     for q in (rep, fig):
         q.add_argument("--out", type=Path, default=Path("figures"), help="output folder (default: figures)")
         q.add_argument("--quick", action="store_true", help="seconds-long smoke versions of the chapter figures")
+        q.add_argument("--refit", action="store_true", help="fit the chapters' own figure fits again instead of reading them "
+                       "from <out>/fits (tens of minutes)")
     tr = sub.add_parser("train", help="train and evaluate one preset (a table row, MNIST or CIFAR-10)")
     tr.add_argument("preset", help="the preset to train: `iaf-repro list` shows them all")
     tr.add_argument("--budget", default="cpu", help="smoke | cpu | paper (default: cpu)")
@@ -255,12 +261,12 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 release.reproduce(args.budget, args.presets, device=args.device, out_dir=args.out / "tables", **plan)
                 draw_run_figures(args.budget, args.out)
-                render_figures(None, args.out, args.quick)
+                render_figures(None, args.out, args.quick, args.refit)
         elif args.command == "release":
             print("wrote", importlib.import_module("iaf_repro.release").release_weights(args.preset, args.budget, args.seed, args.runs,
                                                                                        args.results, args.out))
         elif args.command == "figures":
-            render_figures(args.chapters, args.out, args.quick)
+            render_figures(args.chapters, args.out, args.quick, args.refit)
         elif args.command == "train":
             print(json.dumps(_train(args), indent=1))
         elif args.command == "campaign":

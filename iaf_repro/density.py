@@ -83,7 +83,7 @@ def plot_change_of_variables_1d(samples, log_density, naive_log_density, xlim=(-
     ax.hist(samples, bins=bins, range=xlim, weights=per_sample, color="0.8",           # not only those in view
             label="histogram of $y = H(x)$")
     grid = torch.linspace(*xlim, 600, dtype=torch.float64)
-    ax.plot(grid, log_density(grid).exp(), color="C0", lw=2, label=r"Eq. 2: $f(x)\,/\,|H'(x)|$")
+    ax.plot(grid, log_density(grid).exp(), color="C0", lw=2, label=r"Eq. (2): $f(x)\,/\,|H'(x)|$")
     ax.plot(grid, naive_log_density(grid).exp(), color="C3", ls="--", label=r"without the Jacobian: $f(x)$")
     ax.set(xlabel="y", ylabel="density", xlim=xlim, title="Change of variables in 1-D: $x \\sim N(0,1)$, $y = x^3/3 + x$")
     ax.legend(frameon=False)

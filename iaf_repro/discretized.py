@@ -82,7 +82,7 @@ def plot_bin_probabilities(mus=(-0.9, 0.0, 0.97), log_scales=(-3.0, -1.5)):
         ax.plot(bins.numpy(), p.numpy(), drawstyle="steps-mid", color=f"C{i % len(mus)}", ls="-" if ls == log_scales[0] else "--",
                 label=f"μ = {m:+.2f}, log s = {ls:.1f} (sum {p.sum().item():.6f})")
     ax.set(xlabel="pixel value x (bin)", ylabel="P(x | μ, s)", yscale="log", ylim=(1e-6, 1),
-           title="Discretized logistic over 256 bins: edge bins 0 and 255 take the tails (Eq. 1)")
+           title="Discretized logistic over 256 bins: edge bins 0 and 255 take the tails, Eq. (1)")
     ax.legend(frameon=False, fontsize=7, ncol=2)
     return fig
 

@@ -115,8 +115,9 @@ def pretrained(preset: str, budget: str = "cpu", seed: int = 0, weights_dir: Pat
 # %% ../nbs/09c_release.ipynb #b4e0f620
 FIGURE_MODELS = {"static-diag-z2": "chapter 13 figure", "static-iaf-d2-w320-z2": "chapter 13 figure",
                  "thresholded-diag": "chapter 14 figure", "thresholded-iaf-d4-w320": "chapter 14 figure"}
-CHAPTER_FITS = ("the chapters' own figure fits run every time (they are not runs, and not released): chapters 02 (planar and radial flows), "
-                "04 and 04b (toy flows), 07 and 08 (MLP VAEs, tens of epochs), 12 (four-image VAEs, two seeds; tens of minutes)")
+CHAPTER_FITS = ("the chapters that fit small models for their figures (02: planar and radial flows; 04b: toy flows; 07 and 08: MLP VAEs; "
+                "12: four-image VAEs) draw them from their saved fits in figures/fits/, and fit only where none is saved with the same "
+                "settings (tens of minutes in all); --refit fits them again")
 
 def retrain_runs_dir(runs_dir: Path | None = None) -> Path:
     "The runs folder `--retrain` trains into: `<runs>-retrain`, beside the runs folder, which it leaves alone."

@@ -383,7 +383,7 @@ def plot_preactivation_stats(before: dict, after: dict, axes=None):
         axes[1].plot(index, [stats[n][0].abs().mean().item() for n in names], "o-", color=color, label=label)
     axes[0].axhline(1.0, color="k", lw=0.8, ls=":")
     axes[0].set(yscale="log", ylabel="std of pre-activation\n(mean over units)",
-                title="Pre-activations of every weight-normalized layer, IAF d2/w320 VAE, one batch of crosses (Eq. 4)")
+                title="Pre-activations of every weight-normalized layer, IAF d2/w320 VAE, one batch of crosses, Eq. (4)")
     axes[1].set(yscale="log", ylabel="|mean| of pre-activation\n(mean over units)", xlabel="weight-normalized layer, in forward order")
     axes[1].set_xticks(index, [n.replace("encoder.", "enc.").replace("decoder.", "dec.").replace("blocks.", "b") for n in names],
                        rotation=75, fontsize=7)
