@@ -175,12 +175,14 @@ def replication_vlb(preset: str) -> float:
     return ref["published_vlb"] if ref["published_source"].startswith("replication") else math.nan
 
 # %% ../nbs/09b_campaign.ipynb #eca71b02
-def _trim(ax, values: pd.Series, keep: float = 0.05) -> None:
-    "Limit the y axis to the values above their `keep` quantile (the first epochs lie far below the rest); NaNs are ignored."
+def _focus(ax, values: pd.Series, low: float = 0.05, high: float = 1.0, margin: float = 0.05, pad: float = 0.5,
+           with_zero: bool = False) -> None:
+    "Limit the y axis to `values` between their `low` and `high` quantiles (and 0 if `with_zero`), widened by `margin` of that range plus `pad`: the first epochs lie far from the rest. NaNs are ignored."
     values = values[np.isfinite(values)]
     if len(values):
-        low, high = values.quantile(keep), values.max()
-        ax.set_ylim(low - 0.05 * (high - low) - 0.5, high + 0.05 * (high - low) + 0.5)
+        bottom, top = values.quantile(low), values.quantile(high)
+        if with_zero: bottom, top = min(bottom, 0), max(top, 0)
+        ax.set_ylim(bottom - margin * (top - bottom) - pad, top + margin * (top - bottom) + pad)
 
 def plot_campaign_progress(curves: dict[str, pd.DataFrame], references: dict[str, float], baseline: str | None = None):
     "Four panels per epoch: validation VLB (each run's reference dashed in its colour), each run's lead over `baseline`, reconstruction, KL."
@@ -197,15 +199,12 @@ def plot_campaign_progress(curves: dict[str, pd.DataFrame], references: dict[str
             ahead = validation_lead(curves, name, baseline)
             leads.append(ahead.lead)
             lead.plot(ahead.epoch, ahead.lead, lw=1.2, color=colours[name], label=name)
-    _trim(vlb, pd.concat([c.valid_vlb for c in curves.values()] + [pd.Series(references, dtype=float)]) if curves else pd.Series(dtype=float))
-    _trim(recon, pd.concat([c.valid_recon for c in curves.values()]) if curves else pd.Series(dtype=float))
+    _focus(vlb, pd.concat([c.valid_vlb for c in curves.values()] + [pd.Series(references, dtype=float)]) if curves else pd.Series(dtype=float))
+    _focus(recon, pd.concat([c.valid_recon for c in curves.values()]) if curves else pd.Series(dtype=float))
     if curves: vlb.legend(fontsize=8, frameon=False, loc="lower right")
     else: vlb.text(0.5, 0.5, "no run has finished an epoch yet", ha="center", transform=vlb.transAxes)
     lead.axhline(0, color="grey", lw=0.8)
-    values = pd.concat(leads) if leads else pd.Series(dtype=float)
-    if (values := values[np.isfinite(values)]).size:                            # the first epochs swing by tens of nats
-        low, high = min(values.quantile(0.1), 0), max(values.quantile(0.95), 0)
-        lead.set_ylim(low - 0.2 * (high - low) - 0.1, high + 0.2 * (high - low) + 0.1)
+    _focus(lead, pd.concat(leads) if leads else pd.Series(dtype=float), 0.1, 0.95, 0.2, 0.1, with_zero=True)   # early leads swing by tens of nats
     if baseline not in curves: lead.text(0.5, 0.5, "no diagonal run to compare with", ha="center", transform=lead.transAxes)
     vlb.set(xlabel="epoch", ylabel="validation VLB (nats per image)", title="Validation bound (dashed: the replication's converged test VLB)")
     lead.set(xlabel="epoch", ylabel="VLB minus the diagonal run's (nats)", title=f"Lead over {baseline or 'the diagonal run'}, same validation images")

@@ -6,8 +6,8 @@
 __all__ = ['CHECKPOINT_FORMAT', 'FLOW_DIAGNOSTIC_IMAGES', 'METRIC_COLUMNS', 'bound_terms', 'free_bits_objective', 'ema_update',
            'copy_buffers', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'TrainConfig', 'model_device',
            'validate', 'train_epoch', 'NonFiniteLossError', 'RunState', 'flow_diagnostics', 'resolve_device',
-           'Collective', 'SingleProcess', 'TrainingInterrupted', 'StopRequests', 'train', 'load_ema_model',
-           'run_progress', 'training_finished', 'plot_ema_vs_raw', 'make_figures']
+           'Collective', 'SingleProcess', 'TrainingInterrupted', 'StopRequests', 'being_trained', 'train',
+           'load_ema_model', 'run_progress', 'training_finished', 'plot_ema_vs_raw', 'make_figures']
 
 # %% ../nbs/07_train.ipynb #3ee918a4
 import copy
@@ -386,12 +386,23 @@ def _sole_trainer(run_dir: Path):
     "Hold an exclusive lock on the folder `run_dir` while training; the system releases it when the process ends, however it ends."
     fd = os.open(run_dir, os.O_RDONLY)
     try:
-        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"another process is training {run_dir}; wait for it to stop (or stop it) before training it here") from None
+        if not _try_lock(fd):
+            raise RuntimeError(f"another process is training {run_dir}; wait for it to stop (or stop it) before training it here")
         yield
     finally:
         os.close(fd)
+
+def _try_lock(fd: int) -> bool:
+    "Take the exclusive lock on an open folder if no other process holds it; whether it was taken."
+    try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); return True
+    except BlockingIOError: return False
+
+# %% ../nbs/07_train.ipynb #2a036f67
+def being_trained(run_dir: Path) -> bool:
+    "Whether a process is training `run_dir` now (it holds the folder's lock); the probe's own lock goes with its file descriptor."
+    fd = os.open(run_dir, os.O_RDONLY)
+    try: return not _try_lock(fd)
+    finally: os.close(fd)
 
 # %% ../nbs/07_train.ipynb #5f63567a
 def train(model: nn.Module, data: BinarizedMNIST, config: TrainConfig, run_dir: Path, device="cpu",

@@ -21,7 +21,6 @@ deletes run state.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import importlib.metadata
 import json
 import os
@@ -43,7 +42,7 @@ CIFAR_MIB = 161                                 # cifar10_train.npz and cifar10_
 
 
 def parse_run(name: str) -> tuple[str, str, int]:
-    "`<preset>__<budget>__s<seed>` -> (preset, budget, seed)."
+    "`<preset>__<budget>__s<seed>` -> (preset, budget, seed). Chapter 09b parses run names too, but `train` runs this on the device before the package's requirements are installed there, so it imports nothing from the package."
     parts = name.split("__")
     if len(parts) != 3 or not parts[2].startswith("s") or not parts[2][1:].isdigit():
         raise SystemExit(f"{name!r} is not a run name (<preset>__<budget>__s<seed>, as `iaf-repro status` lists them)")
@@ -54,10 +53,8 @@ def check_idle(folder: Path) -> None:
     "Refuse a run folder that a trainer holds (the lock `train` takes), or that has no checkpoint to carry (a run not begun has no folder)."
     if not (folder / "checkpoint.pt").exists():
         raise SystemExit(f"{folder} holds no checkpoint.pt: finish or remove what is there before a leg carries it")
-    fd = os.open(folder, os.O_RDONLY)
-    try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError: raise SystemExit(f"{folder} is being trained; stop its campaign first (SIGTERM), then pack") from None
-    finally: os.close(fd)
+    from iaf_repro.train import being_trained                                   # packing runs here, where the package is installed
+    if being_trained(folder): raise SystemExit(f"{folder} is being trained; stop its campaign first (SIGTERM), then pack")
 
 
 def checkout_bytes() -> int:
