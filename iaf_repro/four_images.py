@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['TOY_MODELS', 'four_test_images', 'fit_to_images', 'latent_grid', 'log_joint_on_grid', 'log_px_on_grid',
            'log_q_on_grid', 'posterior_report', 'mass_levels', 'plot_four_image_posteriors', 'flow_z_dependence',
-           'four_image_posteriors', 'make_figures', 'across_seeds']
+           'fit_four_images', 'fitted_model', 'measure_fit', 'four_image_posteriors', 'make_figures', 'across_seeds']
 
 # %% ../nbs/12_four_image_posteriors.ipynb #492e0ce0
 import math
@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .data import evenly_spaced, load_mnist, static_test_labels
 from .density import log_normal_diag, log_standard_normal
-from .utils import provenance, save_figure, seeded
+from .utils import save_figure, saved_fit, seeded
 from .evaluate import evaluate
 from .iaf import z_dependence
 from .train import bound_terms
@@ -146,8 +146,8 @@ def plot_four_image_posteriors(images: torch.Tensor, labels: torch.Tensor, fits:
         _draw_regions(fig.add_subplot(grid[row, 1]), axis, log_q.exp(), f"{name}: posteriors $q(z\\mid x)$", prior)
         _draw_regions(fig.add_subplot(grid[row, 2]), axis, log_post.exp(), f"{name} model's true posteriors $p(z\\mid x)$", prior)
     for row, (column, ylabel, title) in enumerate([
-            ("kl_to_posterior", "KL$(q(z\\mid x)\\,\\|\\,p(z\\mid x))$ (nats)", "how far q is from the true posterior (Eq. 4)"),
-            ("rate", "KL$(q(z\\mid x)\\,\\|\\,p(z))$ (nats)", "the rate, and its floor log 4 (Eq. 5)")]):
+            ("kl_to_posterior", "KL$(q(z\\mid x)\\,\\|\\,p(z\\mid x))$ (nats)", "how far q is from the true posterior, Eq. (4)"),
+            ("rate", "KL$(q(z\\mid x)\\,\\|\\,p(z))$ (nats)", "the rate, and its floor log 4, Eq. (5)")]):
         ax = fig.add_subplot(grid[row, 3])
         width = 0.8 / len(fits)
         for j, (name, (report, *_)) in enumerate(fits.items()):
@@ -172,30 +172,61 @@ def flow_z_dependence(model: VAE, images: torch.Tensor) -> dict[str, list[float]
             row.update(z_dependence(model.posterior.flow, mu[b:b + 1], log_sigma[b:b + 1], None if h is None else h[b:b + 1]))
     return {name: [row[name] for row in per_image] for name in per_image[0]}
 
+def fit_four_images(steps: int = 4000, seeds: tuple[int, ...] = (0, 1), k: int = 16, hidden: int = 256, progress: bool = True) -> list[dict]:
+    "Train each of `TOY_MODELS` (`hidden` units) from each of `seeds` on the four images: `-> [{model, seed, hidden, steps, train_k, final_train_vlb, seconds, state_dict}]`."
+    images, _ = four_test_images()
+    fits = []
+    for seed in seeds:
+        for name, config in TOY_MODELS.items():
+            start = time.perf_counter()
+            with seeded(seed): model = MLPVAE(config, hidden=hidden)
+            history = fit_to_images(model, images, steps, k, seed=seed, progress=progress)
+            fits.append(dict(model=name, seed=seed, hidden=hidden, steps=steps, train_k=k, final_train_vlb=history[-100:].mean().item(),
+                             seconds=round(time.perf_counter() - start, 1), state_dict=model.state_dict()))
+    return fits
+
+def fitted_model(fit: dict) -> VAE:
+    "Rebuild one of `fit_four_images`'s models from its entry (`TOY_MODELS[fit['model']]`, `fit['hidden']` units, its state dict), in eval mode."
+    if fit.get("model") not in TOY_MODELS: raise ValueError(f"unknown toy model {fit.get('model')!r}; TOY_MODELS has {list(TOY_MODELS)}")
+    model = MLPVAE(TOY_MODELS[fit["model"]], hidden=fit["hidden"])
+    model.load_state_dict(fit["state_dict"])
+    return model.eval()
+
+
+# %% ../nbs/12_four_image_posteriors.ipynb #4732e574
+def measure_fit(fit: dict, images: torch.Tensor, labels: torch.Tensor, limit: float = 4.0, n: int = 200,
+                k: int = 4096) -> tuple[pd.DataFrame, torch.Tensor, torch.Tensor]:
+    "`posterior_report` of one fitted model, with its fit's numbers and its flow's z-dependence as columns: `-> (report, log_q, log_post)`, as `plot_four_image_posteriors` takes."
+    model = fitted_model(fit)
+    report, log_q, log_post = posterior_report(model, images, labels, limit, n, k, fit["seed"])
+    report = report.assign(model=fit["model"], seed=fit["seed"], steps=fit["steps"], k=k, final_train_vlb=fit["final_train_vlb"],
+                           **flow_z_dependence(model, images), seconds=fit["seconds"])
+    return report, log_q, log_post
+
 def four_image_posteriors(steps: int = 4000, limit: float = 4.0, n: int = 200, k: int = 4096, seed: int = 0,
                           progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
     "Train the diagonal and IAF toy models from `seed` on the four images and measure them: `-> (images, labels, fits)`, fits as `plot_four_image_posteriors` takes."
     images, labels = four_test_images()
-    fits = {}
-    for name, config in TOY_MODELS.items():
-        start = time.perf_counter()
-        with seeded(seed): model = MLPVAE(config, hidden=256)
-        history = fit_to_images(model, images, steps, seed=seed, progress=progress)
-        report, log_q, log_post = posterior_report(model.eval(), images, labels, limit, n, k, seed)
-        fits[name] = (report.assign(model=name, seed=seed, steps=steps, k=k, final_train_vlb=history[-100:].mean().item(),
-                                    **flow_z_dependence(model, images), seconds=round(time.perf_counter() - start, 1)), log_q, log_post)
-    return images, labels, fits
+    return images, labels, {fit["model"]: measure_fit(fit, images, labels, limit, n, k)
+                            for fit in fit_four_images(steps, [seed], progress=progress)}
 
-def make_figures(out_dir: Path, quick: bool = False, seeds: tuple[int, ...] = (0, 1)) -> list[Path]:
-    "Fit both models from each of `seeds`, write every fit's numbers to `out_dir/tables/four_image_posteriors.csv` (a `seed` column) and draw the first seed's figure into `out_dir`."
+
+# %% ../nbs/12_four_image_posteriors.ipynb #52fa6cd6
+def make_figures(out_dir: Path, quick: bool = False, refit: bool = False, seeds: tuple[int, ...] = (0, 1)) -> list[Path]:
+    "Fit both models from each of `seeds` (or read the fit saved in `out_dir/fits/four_images.pt`; `refit`: fit again), write every fit's numbers to `out_dir/tables/four_image_posteriors.csv` and draw the first seed's figure into `out_dir`."
     if not seeds: raise ValueError("seeds must name at least one seed, e.g. (0, 1)")
-    settings = dict(steps=30, n=40, k=64, progress=False) if quick else {}
-    runs = [four_image_posteriors(seed=seed, **settings) for seed in seeds]
     out_dir = Path(out_dir)
-    table = pd.concat([report for *_, fits in runs for report, *_ in fits.values()]).assign(**provenance("cpu"))
+    settings = dict(steps=30 if quick else 4000, seeds=list(seeds), k=16, hidden=256)
+    record = saved_fit(out_dir / "fits" / "four_images.pt", lambda: fit_four_images(**settings, progress=not quick), settings, refit)
+    n, k = (40, 64) if quick else (200, 4096)
+    images, labels = four_test_images()
+    fits = record["fit"]
+    measured = [measure_fit(fit, images, labels, n=n, k=k) for fit in tqdm(fits, desc="measure", disable=quick)]
+    table = pd.concat([report for report, *_ in measured]).assign(**record["provenance"])
     (out_dir / "tables").mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "tables" / "four_image_posteriors.csv", index=False, float_format="%.4g")
-    fig = plot_four_image_posteriors(*runs[0], n=settings.get("n", 200))
+    first = {fit["model"]: result for fit, result in zip(fits, measured) if fit["seed"] == seeds[0]}
+    fig = plot_four_image_posteriors(images, labels, first, n=n)
     return [save_figure(fig, out_dir / "four_image_posteriors.png"), out_dir / "tables" / "four_image_posteriors.csv"]
 
 def across_seeds(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -203,3 +234,4 @@ def across_seeds(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     per_seed = table.groupby(["model", "seed"], sort=False)[columns].mean()
     by_model = per_seed.groupby(level="model", sort=False)
     return pd.concat({"mean": by_model.mean(), "spread": (by_model.max() - by_model.min()) / 2}, axis=1).swaplevel(axis=1)[columns]
+
