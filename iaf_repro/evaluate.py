@@ -4,11 +4,12 @@
 
 # %% auto #0
 __all__ = ['Evaluation', 'evaluate', 'summarize', 'log_px_by_k', 'bits_per_dim', 'plot_training_curves', 'plot_reconstructions',
-           'plot_log_px_by_k', 'make_figures']
+           'plot_log_px_by_k', 'fit_posteriors', 'posterior_models', 'make_figures']
 
 # %% ../nbs/08_evaluate.ipynb #945a6595
 import math
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,8 +19,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .elbo import importance_sampled_log_px, iwae_bounds_by_k, log_importance_weights
-from .utils import positive_int, save_figure, seeded
-from .data import evenly_spaced, load_mnist
+from .utils import positive_int, save_figure, saved_fit, seeded
+from .data import BinarizedMNIST, evenly_spaced, load_mnist
 from .train import TrainConfig, bound_terms, load_ema_model, model_device, train
 from .mlp_vae import MLPVAE, demo_data
 from .vae import VAEConfig
@@ -171,25 +172,50 @@ def plot_log_px_by_k(curves: dict):
     ax_short.set_yscale("symlog", linthresh=0.1)
     return fig
 
-# %% ../nbs/08_evaluate.ipynb #20fa5af3
-def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
-    "Render this chapter's figures (training curves, reconstructions with error maps, log p(x) vs K) into `out_dir`."
-    data = demo_data(512, 128, 128, synthetic=True) if quick else load_mnist("static")
-    epochs, n_test, ks = (2, 64, [1, 4, 16]) if quick else (10, 500, [1, 4, 16, 64, 128, 512, 2048])
-    configs = {"diagonal": VAEConfig(latent_dim=16),
-               "IAF, 2 steps": VAEConfig(latent_dim=16, posterior="iaf", iaf_width=256, context_dim=64)}
-    runs, models = {}, {}
+# %% ../nbs/08_evaluate.ipynb #3a6e91c4
+def fit_posteriors(data: BinarizedMNIST, configs: dict, epochs: int, ks: list[int], n_test: int, n_shown: int, hidden: int = 256,
+                   ema_decay: float = 0.99, valid_images: int = 2000, progress: bool = True) -> dict:
+    "Train an `MLPVAE` per config (`configs`: name -> `VAEConfig`) and score its averaged weights with `log_px_by_k` on the first `n_test` test images: per name the metrics and curve (column -> list) and the weights (state dict), with the configs, `hidden` and `n_shown` test images."
+    fit = dict(configs={name: asdict(config) for name, config in configs.items()}, hidden=hidden,
+               shown=evenly_spaced(data.test, n_shown), metrics={}, weights={}, log_px_by_k={})
     with tempfile.TemporaryDirectory() as tmp:
         for name, config in configs.items():
             torch.manual_seed(0)
-            model = MLPVAE(config, hidden=256)
-            config = TrainConfig(epochs=epochs, ema_decay=0.99, valid_images=2000)      # 0.99: a short run (chapter 07's figure)
-            runs[name] = train(model, data, config, Path(tmp) / name, progress=not quick)
-            models[name] = load_ema_model(model, Path(tmp) / name)
-    curves = {name: log_px_by_k(model, data.test[:n_test], ks, chunk=256, progress=not quick) for name, model in models.items()}
-    title = f"MLP VAE, {epochs} epochs on {'static MNIST' if not quick else data.name}, diagonal vs IAF posterior"
+            model = MLPVAE(config, hidden=hidden)
+            train_config = TrainConfig(epochs=epochs, ema_decay=ema_decay, valid_images=valid_images)
+            fit["metrics"][name] = train(model, data, train_config, Path(tmp) / name, progress=progress, name=name).to_dict("list")
+            averaged = load_ema_model(model, Path(tmp) / name)
+            fit["weights"][name] = averaged.state_dict()
+            fit["log_px_by_k"][name] = log_px_by_k(averaged, data.test[:n_test], ks, chunk=256, progress=progress).to_dict("list")
+    return fit
+
+# %% ../nbs/08_evaluate.ipynb #b7c05f18
+def posterior_models(fit: dict) -> dict[str, nn.Module]:
+    "The averaged-weight models of a `fit_posteriors` result, by name: `MLPVAE`s rebuilt from its configs and state dicts, in eval mode."
+    models = {}
+    with seeded(0):
+        for name, config in fit["configs"].items():
+            model = MLPVAE(VAEConfig(**config), hidden=fit["hidden"])
+            model.load_state_dict(fit["weights"][name])
+            models[name] = model.eval().requires_grad_(False)
+    return models
+
+# %% ../nbs/08_evaluate.ipynb #20fa5af3
+def make_figures(out_dir: Path, quick: bool = False, refit: bool = False) -> list[Path]:
+    "Render this chapter's figures (training curves, reconstructions with error maps, log p(x) vs K) into `out_dir`, from the runs saved in `out_dir/fits/evaluate.pt` (fitted first when missing, saved with other settings, or `refit`)."
+    configs = {"diagonal": VAEConfig(latent_dim=16),
+               "IAF, 2 steps": VAEConfig(latent_dim=16, posterior="iaf", iaf_width=256, context_dim=64)}
+    sizes = dict(epochs=2, ks=[1, 4, 16], n_test=64, n_shown=4) if quick else dict(epochs=10, ks=[1, 4, 16, 64, 128, 512, 2048], n_test=500, n_shown=10)
+    sizes |= dict(hidden=256, ema_decay=0.99, valid_images=2000)                  # 0.99: a short run (chapter 07's figure)
+    data_name = "synthetic crosses, 512/128/128 images" if quick else "static MNIST"
+    settings = dict(data=data_name, configs={name: asdict(config) for name, config in configs.items()}, **sizes)
+    fit = lambda: fit_posteriors(demo_data(512, 128, 128, synthetic=True) if quick else load_mnist("static"), configs, **sizes, progress=not quick)
+    saved = saved_fit(Path(out_dir) / "fits" / "evaluate.pt", fit, settings, refit)["fit"]
+    runs = {name: pd.DataFrame(metrics) for name, metrics in saved["metrics"].items()}
+    curves = {name: pd.DataFrame(curve) for name, curve in saved["log_px_by_k"].items()}
+    title = f"MLP VAE, {sizes['epochs']} epochs on {data_name}, diagonal vs IAF posterior"
     out_dir = Path(out_dir)
     return [save_figure(plot_training_curves(runs, title=f"Training curves: {title}"), out_dir / "evaluate_training_curves.png"),
-            save_figure(plot_reconstructions(models, data.test, n=4 if quick else 10, title=f"Test images, reconstructions and errors: {title}"),
-                  out_dir / "evaluate_reconstructions.png"),
+            save_figure(plot_reconstructions(posterior_models(saved), saved["shown"], n=sizes["n_shown"],
+                                             title=f"Test images, reconstructions and errors: {title}"), out_dir / "evaluate_reconstructions.png"),
             save_figure(plot_log_px_by_k(curves), out_dir / "evaluate_log_px_by_k.png")]

@@ -7,7 +7,7 @@ __all__ = ['CHECKPOINT_FORMAT', 'FLOW_DIAGNOSTIC_IMAGES', 'METRIC_COLUMNS', 'bou
            'copy_buffers', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'TrainConfig', 'model_device',
            'validate', 'train_epoch', 'NonFiniteLossError', 'RunState', 'flow_diagnostics', 'resolve_device',
            'Collective', 'SingleProcess', 'TrainingInterrupted', 'StopRequests', 'being_trained', 'train',
-           'load_ema_model', 'run_progress', 'training_finished', 'plot_ema_vs_raw', 'make_figures']
+           'load_ema_model', 'run_progress', 'training_finished', 'ema_vs_raw', 'plot_ema_vs_raw', 'make_figures']
 
 # %% ../nbs/07_train.ipynb #3ee918a4
 import copy
@@ -32,7 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import BinarizedMNIST, load_mnist
-from .utils import positive_int, save_figure, seeded
+from .utils import positive_int, save_figure, saved_fit, seeded
 from .elbo import elbo, log_importance_weights
 from .iaf import IAF, z_dependence
 from .vae import VAEConfig
@@ -485,6 +485,21 @@ def training_finished(run_dir: Path) -> bool:
     progress = run_progress(run_dir)
     return progress is not None and progress["finished"]
 
+# %% ../nbs/07_train.ipynb #5d3e0c1a
+def ema_vs_raw(data: BinarizedMNIST, epochs: int, valid_images: int = 2000, latent_dim: int = 16, hidden: int = 256,
+               progress: bool = True) -> dict:
+    "Train an `MLPVAE` on `data` one epoch at a time, validating its raw weights and their moving average after each: `{'epoch', 'raw', 'averaged', 'decay'}`, VLBs in nats (Eq. (5))."
+    epochs, valid = positive_int(epochs, "epochs"), data.valid[:positive_int(valid_images, "valid_images")]
+    torch.manual_seed(0)
+    model = MLPVAE(VAEConfig(latent_dim=latent_dim), hidden=hidden)
+    raw, averaged = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for epoch in range(1, epochs + 1):                                            # one more epoch each time: the exact resume
+            config = TrainConfig(epochs=epoch, valid_images=len(valid))
+            averaged.append(float(train(model, data, config, Path(tmp), progress=progress).valid_vlb.iloc[-1]))
+            raw.append(validate(model.eval(), valid, seed=config.seed)[0].item())
+    return dict(epoch=list(range(1, epochs + 1)), raw=raw, averaged=averaged, decay=config.ema_decay)
+
 # %% ../nbs/07_train.ipynb #4675a596
 def plot_ema_vs_raw(epochs: list[int], raw: list[float], averaged: list[float], decay: float):
     "Validation VLB per epoch of the raw weights and of their moving average (left), and the average's advantage (right) (Eq. (5))."
@@ -505,18 +520,11 @@ def plot_ema_vs_raw(epochs: list[int], raw: list[float], averaged: list[float], 
     return fig
 
 # %% ../nbs/07_train.ipynb #cf967fcb
-def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
-    "Render this chapter's figure (validation VLB of raw vs averaged weights per epoch) into `out_dir`."
-    data, epochs = (demo_data(512, 128, 128, synthetic=True), 2) if quick else (load_mnist("static"), 30)
-    valid = data.valid[:2000]
-    torch.manual_seed(0)
-    model = MLPVAE(VAEConfig(latent_dim=16), hidden=256)
-    raw, averaged = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for epoch in range(1, epochs + 1):
-            config = TrainConfig(epochs=epoch, valid_images=len(valid))
-            averaged.append(train(model, data, config, Path(tmp), progress=not quick).valid_vlb.iloc[-1])
-            raw.append(validate(model.eval(), valid, seed=config.seed)[0].item())
-    fig = plot_ema_vs_raw(list(range(1, epochs + 1)), raw, averaged, config.ema_decay)
-    path = save_figure(fig, Path(out_dir) / "train_ema_vs_raw.png")
-    return [path]
+def make_figures(out_dir: Path, quick: bool = False, refit: bool = False) -> list[Path]:
+    "Render this chapter's figure (validation VLB of raw vs averaged weights per epoch) into `out_dir`, from the curves saved in `out_dir/fits/train.pt` (fitted first when missing, saved with other settings, or `refit`)."
+    sizes = dict(epochs=2 if quick else 30, valid_images=2000, latent_dim=16, hidden=256)
+    settings = dict(data="synthetic crosses, 512/128/128 images" if quick else "static MNIST", **sizes)
+    fit = lambda: ema_vs_raw(demo_data(512, 128, 128, synthetic=True) if quick else load_mnist("static"), **sizes, progress=not quick)
+    curves = saved_fit(Path(out_dir) / "fits" / "train.pt", fit, settings, refit)["fit"]
+    fig = plot_ema_vs_raw(curves["epoch"], curves["raw"], curves["averaged"], curves["decay"])
+    return [save_figure(fig, Path(out_dir) / "train_ema_vs_raw.png")]
