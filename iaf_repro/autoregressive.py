@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['DiagonalGaussian', 'iaf_sample', 'iaf_log_prob_of', 'maf_log_prob', 'maf_sample', 'count_made_passes', 'time_costs',
            'plot_costs', 'mixture_target', 'kl_estimate', 'fit_maf_forward_kl', 'fit_iaf_reverse_kl', 'fit_both',
-           'kl_both_ways', 'plot_kl_fits', 'inverse_map', 'pullback_log_prob', 'make_figures']
+           'kl_both_ways', 'kl_fit_panels', 'plot_kl_fits', 'inverse_map', 'pullback_log_prob', 'fit_figures',
+           'fitted_flows', 'make_figures']
 
 # %% ../nbs/04b_maf_vs_iaf.ipynb #d33a9408
 import math
@@ -21,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .density import autograd_log_det, check_batch, flow_log_prob, log_normal_diag
-from .utils import provenance, save_figure, seeded
+from .utils import provenance, save_figure, saved_fit, seeded
 from .iaf import IAF, iaf_log_q
 from .made import MADE
 
@@ -238,15 +239,20 @@ def _pixel_density(log_prob, lim: float, n_grid: int, supersample: int, pixel_ro
         density = torch.cat([log_prob(torch.cartesian_prod(rows, fine)).exp() for rows in fine.split(pixel_rows * supersample)])
     return density.view(n_grid, supersample, n_grid, supersample).mean((1, 3))   # [x_1 pixel, x_2 pixel]
 
-def plot_kl_fits(target: td.Distribution, maf: tuple, iaf: tuple, lim: float = 4.5, n_grid: int = 200,
-                 supersample: int = 8, n_kl: int = 20_000):
-    "Density heatmaps (pixel averages): target | MAF fitted by forward KL | IAF fitted by reverse KL, with both KLs in each title."
+def kl_fit_panels(target: td.Distribution, maf: tuple, iaf: tuple, lim: float = 4.5, n_grid: int = 200,
+                  supersample: int = 8, n_kl: int = 20_000) -> dict:
+    "What `plot_kl_fits` shows: pixel-averaged densities `[n_grid, n_grid]` of target, MAF and IAF on [-lim, lim]², and `kl_both_ways` of each fit: `-> {lim, supersample, densities, kls}`."
+    log_probs = [target.log_prob, lambda x: maf_log_prob(maf[0], x, base=maf[1]), lambda x: iaf_log_prob_of(iaf[0], x, base=iaf[1])]
+    return dict(lim=lim, supersample=supersample, densities=[_pixel_density(log_prob, lim, n_grid, supersample) for log_prob in log_probs],
+                kls=[kl_both_ways(*maf, "maf", target, n_kl), kl_both_ways(*iaf, "iaf", target, n_kl)])
+
+# %% ../nbs/04b_maf_vs_iaf.ipynb #cc10a704
+def plot_kl_fits(target: td.Distribution, panels: dict):
+    "Density heatmaps (pixel averages): target | MAF fitted by forward KL | IAF fitted by reverse KL, with both KLs in each title, from `kl_fit_panels`."
     import matplotlib.pyplot as plt
     from matplotlib.colors import PowerNorm
+    lim, supersample, densities, kls = (panels[key] for key in ("lim", "supersample", "densities", "kls"))
     means = target.component_distribution.base_dist.loc                      # [K, 2]
-    densities = [_pixel_density(log_prob, lim, n_grid, supersample) for log_prob in
-                 [target.log_prob, lambda x: maf_log_prob(maf[0], x, base=maf[1]), lambda x: iaf_log_prob_of(iaf[0], x, base=iaf[1])]]
-    kls = [kl_both_ways(*maf, "maf", target, n_kl), kl_both_ways(*iaf, "iaf", target, n_kl)]
     weights = "/".join(f"{w:.2g}" for w in target.mixture_distribution.probs.tolist())
     titles = [f"target p(x): {len(means)} Gaussians, weights {weights}"] + [
         f"{name}\nKL(p‖q) = {kl['forward'][0]:.2f}, KL(q‖p) = {kl['reverse'][0]:.2f} nats"
@@ -276,16 +282,36 @@ def pullback_log_prob(log_p, T, u: torch.Tensor, h: torch.Tensor | None = None) 
     return log_p(T(u, h)[0]) + autograd_log_det(T, u, h)
 
 # %% ../nbs/04b_maf_vs_iaf.ipynb #569881fe
-def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
-    "Render the cost plot, its CSV table (`tables/`) and the forward-vs-reverse-KL fits into `out_dir`."
+def fit_figures(timing: dict, fits: dict, panels: dict, progress: bool = True) -> dict:
+    "Measure and fit what the figures show: `-> {costs, flows, panels}`, the rows of `time_costs(**timing)` (with the provenance of the timing), the MAF and IAF of `fit_both(**fits)` (config and state dicts) and `kl_fit_panels(**panels)` of them."
+    costs = time_costs(**timing, progress=progress)
+    target = mixture_target()
+    fitted = dict(zip(["maf", "iaf"], fit_both(target, **fits, progress=progress)))
+    config = dict(D=2, depth=fits["depth"], hidden_sizes=list(fits["hidden_sizes"]))
+    return dict(costs=costs.to_dict("records"),
+                flows={role: dict(config=config, flow=flow.state_dict(), base=base.state_dict()) for role, (flow, base) in fitted.items()},
+                panels=kl_fit_panels(target, fitted["maf"], fitted["iaf"], **panels))
+
+def fitted_flows(fit: dict) -> dict:
+    "The MAF and the IAF of a `fit_figures` result, rebuilt: `{'maf': (flow, base), 'iaf': (flow, base)}`."
+    flows = {}
+    for role, saved in fit["flows"].items():
+        flows[role] = flow, base = IAF(**saved["config"]), DiagonalGaussian(saved["config"]["D"])
+        flow.load_state_dict(saved["flow"]); base.load_state_dict(saved["base"])
+    return flows
+
+# %% ../nbs/04b_maf_vs_iaf.ipynb #8f38a18f
+def make_figures(out_dir: Path, quick: bool = False, refit: bool = False) -> list[Path]:
+    "Draw the cost plot, its CSV table (`tables/`) and the forward-vs-reverse-KL fits into `out_dir` from the saved fit `fits/maf_vs_iaf.pt` (made first if missing, made with other settings, or `refit`)."
     out_dir = Path(out_dir)
-    costs = time_costs([2, 4, 8] if quick else [2**k for k in range(1, 9)], hidden_sizes=(16, 16) if quick else (320, 320),
-                       repeats=2 if quick else 7, progress=not quick)
+    settings = dict(timing=dict(dims=[2, 4, 8] if quick else [2**k for k in range(1, 9)], batch=64, hidden_sizes=(16, 16) if quick else (320, 320),
+                                depth=2, repeats=2 if quick else 7, threads=1, seed=0),
+                    fits=dict(_FIT_QUICK, steps=50, seed=0) if quick else dict(_FIT_FULL, seed=0),
+                    panels=dict(lim=4.5, n_grid=60 if quick else 200, supersample=2 if quick else 8, n_kl=2000 if quick else 20_000))
+    record = saved_fit(out_dir / "fits" / "maf_vs_iaf.pt", lambda: fit_figures(**settings, progress=not quick), settings, refit)
+    costs = pd.DataFrame(record["fit"]["costs"])                              # as measured: times, device, threads, date
     table = out_dir / "tables" / "maf_vs_iaf_costs.csv"
     table.parent.mkdir(parents=True, exist_ok=True)
     costs.to_csv(table, index=False)
-    paths = [save_figure(plot_costs(costs), out_dir / "maf_vs_iaf_costs.png"), table]
-    target = mixture_target()
-    maf, iaf = fit_both(target, **(dict(_FIT_QUICK, steps=50) if quick else _FIT_FULL), progress=not quick)
-    fig = plot_kl_fits(target, maf, iaf, n_grid=60 if quick else 200, supersample=2 if quick else 8, n_kl=2000 if quick else 20_000)
-    return paths + [save_figure(fig, out_dir / "forward_vs_reverse_kl.png")]
+    return [save_figure(plot_costs(costs), out_dir / "maf_vs_iaf_costs.png"), table,
+            save_figure(plot_kl_fits(mixture_target(), record["fit"]["panels"]), out_dir / "forward_vs_reverse_kl.png")]

@@ -201,7 +201,7 @@ def plot_funnel_fits(fits: dict, c: float = 2.0, n_samples: int = 2000, seed: in
     g = torch.Generator().manual_seed(seed)
     x1 = torch.randn(n_samples, generator=g)
     target = torch.stack([x1, (c * x1 / 2).exp() * torch.randn(n_samples, generator=g)], 1)
-    panels = [(target, "k", f"target p: funnel (Eq. 15), c = {c:g}")] + [
+    panels = [(target, "k", f"target p: funnel (Eq. (15)), c = {c:g}")] + [
         (fits[learned][3][:n_samples], color, f"{name} σ, one IAF step\nKL(q‖p) = {fits[learned][1]:.3f} ± {fits[learned][2]:.3f} nats")
         for learned, color, name in [(True, "C1", "learned"), (False, "C0", "constant")]]
     fig, axes = plt.subplots(1, 4, figsize=(19, 4.4), constrained_layout=True)
@@ -215,7 +215,7 @@ def plot_funnel_fits(fits: dict, c: float = 2.0, n_samples: int = 2000, seed: in
     ax = axes[3]
     for learned, color, name in [(True, "C1", "learned σ"), (False, "C0", "constant σ")]:
         ax.plot(fits[learned][0], color=color, lw=0.8, label=name)
-    ax.axhline(location_only_kl_floor(c), color="k", ls="--", lw=1, zorder=3, label=f"Eq. 16 floor = {location_only_kl_floor(c):.3f}")
+    ax.axhline(location_only_kl_floor(c), color="k", ls="--", lw=1, zorder=3, label=f"Eq. (16) floor = {location_only_kl_floor(c):.3f}")
     ax.set(ylim=(-0.1, 2.0), xlabel="Adam step", ylabel="reverse KL [nats], Monte Carlo (batch)", title="reverse-KL fits to the funnel")
     ax.legend(frameon=False)
     fig.suptitle("Learned σ can widen and narrow the density where needed; constant σ (volume preserving) cannot")
@@ -319,7 +319,7 @@ def plot_z_study(study: "pd.DataFrame"):
     fig, (ax_z, ax_d) = plt.subplots(1, 2, figsize=(13, 0.55 * len(rows) + 1.8), sharey=True, constrained_layout=True)
     for offset, column, label in [(-0.2, "offdiag", "off-diagonal ratio $r_{off}$"), (0.2, "variation", "Jacobian variation $v$")]:
         ax_z.barh(y + offset, rows[column], height=0.4, label=label)
-    ax_z.set(xscale="log", xlabel="Eq. 17, end of training (0 = flow ignores z)", title="How much the flow depends on z")
+    ax_z.set(xscale="log", xlabel="Eq. (17), end of training (0 = flow ignores z)", title="How much the flow depends on z")
     ax_z.set_yticks(y, [f"{v}\n{f}" for v, f in zip(rows.index, rows.step_form)], fontsize=8)
     ax_z.legend(fontsize=8, frameon=False)
     for offset, column, label in [(-0.2, "d_vlb", "test VLB"), (0.2, "d_gap", "IS gap log p(x) - VLB")]:
@@ -378,15 +378,15 @@ def plot_linear_iaf(n_steps: int = 300, n_samples: int = 3000, seed: int = 0):
     ax.scatter(*z_0.T, s=2, alpha=0.3, color="C0", label="$z_0$, diagonal Gaussian")
     ax.scatter(*z_1.T, s=2, alpha=0.3, color="C1", label="$z_1 = L z_0 + c$")
     ax.plot(*_ellipse(torch.zeros(2), torch.diag(sigma0**2)).T, color="C0", label="$z_0$, 2 std")
-    with torch.no_grad(): ax.plot(*_ellipse(step.affine()[1], linear_iaf_covariance(step, sigma0)).T, color="C1", label="$z_1$, 2 std (Eq. 12)")
+    with torch.no_grad(): ax.plot(*_ellipse(step.affine()[1], linear_iaf_covariance(step, sigma0)).T, color="C1", label="$z_1$, 2 std (Eq. (12))")
     ax.set(xlabel="coordinate 1", ylabel="coordinate 2", title="one linear IAF step: diagonal → full covariance", aspect="equal")
     ax.legend(frameon=False, markerscale=4, fontsize=8)
     ax = axes[1]
     ax.plot(kl_diag, color="C0", lw=3, label="diagonal Gaussian")
     ax.plot(kl_iaf, color="C1", label="diagonal + linear IAF")
     ax.axhline(diagonal_kl_floor(cov_p), color="k", ls="--", lw=1, zorder=3,   # on top of the diagonal curve it meets
-               label=f"Eq. 14 floor = {diagonal_kl_floor(cov_p):.3f}")
-    ax.set(yscale="log", xlabel="Adam step", ylabel="KL(q || p) [nats], exact (Eq. 13)",
+               label=f"Eq. (14) floor = {diagonal_kl_floor(cov_p):.3f}")
+    ax.set(yscale="log", xlabel="Adam step", ylabel="KL(q || p) [nats], exact (Eq. (13))",
            title="reverse-KL fit to a correlated 2-D Gaussian")
     ax.legend(frameon=False)
     ax = axes[2]

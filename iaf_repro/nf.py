@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['ENERGIES', 'FIT_COLUMNS', 'planar_u_hat', 'PlanarFlow', 'radial_alpha_beta', 'RadialFlow', 'AdditiveCoupling', 'U1',
            'U2', 'U3', 'U4', 'log_partition', 'annealed_beta', 'sample_flow', 'fit_reverse_kl', 'reverse_kl',
-           'flow_log_density', 'make_flow', 'plot_density', 'plot_energy_fits', 'fit_energy_grid', 'make_figures']
+           'flow_log_density', 'make_flow', 'plot_density', 'plot_energy_fits', 'fit_energy_grid', 'energy_grid_flows',
+           'make_figures']
 
 # %% ../nbs/02_planar_radial.ipynb #46d44ee4
 import copy
@@ -23,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .density import FlowChain, check_batch, check_context, flow_log_prob, log_standard_normal
-from .utils import provenance, save_figure
+from .utils import save_figure, saved_fit
 
 # %% ../nbs/02_planar_radial.ipynb #c92048cf
 def _check_unused_context(h: torch.Tensor | None, batch: int) -> None:
@@ -275,15 +276,16 @@ def plot_energy_fits(flows: dict, kls: dict, log_Z: dict, n: int = 200):
     return fig
 
 # %% ../nbs/02_planar_radial.ipynb #f558ef79
-def fit_energy_grid(n_iter: int = 2500, batch: int = 256, lr: float = 1e-2, seed: int = 0, n_kl: int = 100_000, progress: bool = True):
-    "Fit every (energy, flow) cell of the figure; return `(flows, rows)`, rows being the KL table with provenance and, for planar flows, the smallest margin 1 + wᵀû over the layers."
-    flows, rows = {}, []
+def fit_energy_grid(n_iter: int = 2500, batch: int = 256, lr: float = 1e-2, seed: int = 0, n_kl: int = 100_000,
+                    progress: bool = True) -> dict:
+    "Fit every (energy, flow) cell of the figure: `-> {rows, state_dicts}`, per cell a KL-table row (its `flow` and `K` rebuild the flow) and the fitted flow's state dict; planar rows carry the smallest margin 1 + wᵀû over the layers."
+    rows, state_dicts = [], []
     log_Z = {name: log_partition(energy) for name, energy in ENERGIES.items()}
     cells = [(name, kind, K) for name in ENERGIES for kind, K in FIT_COLUMNS]
     for name, kind, K in (bar := tqdm(cells, desc="energy fits", disable=not progress)):
         bar.set_postfix_str(f"{name} {kind} K={K}")
         torch.manual_seed(seed)
-        flow = flows[name, kind, K] = make_flow(kind, K)
+        flow = make_flow(kind, K)
         start = time.perf_counter()
         history = fit_reverse_kl(flow, ENERGIES[name], n_iter=n_iter, batch=batch, lr=lr, seed=seed, progress=False)
         wall = time.perf_counter() - start
@@ -292,17 +294,29 @@ def fit_energy_grid(n_iter: int = 2500, batch: int = 256, lr: float = 1e-2, seed
         rows.append(dict(energy=name, flow=kind, K=K, kl_nats=round(kl, 4), kl_se_nats=round(se, 4),
                          final_loss_nats=round(float(np.mean(history[-100:])), 4), log_Z=round(log_Z[name], 4),
                          min_margin=float(f"{min(margins):.3g}") if margins else None,   # closest layer to folding
-                         iterations=n_iter, batch=batch, lr=lr, seed=seed, wall_s=round(wall, 1),
-                         **provenance(next(flow.parameters()).device)))
-    return flows, rows
+                         iterations=n_iter, batch=batch, lr=lr, seed=seed, wall_s=round(wall, 1)))
+        state_dicts.append(flow.state_dict())
+    return dict(rows=rows, state_dicts=state_dicts)
 
-def make_figures(out_dir: Path, quick: bool = False) -> list[Path]:
-    "Fit the grid, save `planar_radial_energy_fits.png` and `tables/planar_radial_energy_kl.csv` under `out_dir`."
+# %% ../nbs/02_planar_radial.ipynb #3573aff9
+def energy_grid_flows(fit: dict) -> dict:
+    "The fitted flows of a `fit_energy_grid` result, rebuilt with `make_flow`: `{(energy, kind, K): FlowChain}`."
+    flows = {}
+    for row, state in zip(fit["rows"], fit["state_dicts"]):
+        flows[row["energy"], row["flow"], row["K"]] = flow = make_flow(row["flow"], row["K"])
+        flow.load_state_dict(state)
+    return flows
+
+def make_figures(out_dir: Path, quick: bool = False, refit: bool = False) -> list[Path]:
+    "Draw `planar_radial_energy_fits.png` and write `tables/planar_radial_energy_kl.csv` under `out_dir` from the saved fit `fits/planar_radial.pt` (fitted first if missing, fitted with other settings, or `refit`)."
     out_dir = Path(out_dir)
+    settings = dict(n_iter=40 if quick else 2500, batch=256, lr=1e-2, seed=0, n_kl=2_000 if quick else 100_000)
     with _num_threads(1):                                      # small tensors throughout: see the budget note
-        flows, rows = fit_energy_grid(n_iter=40 if quick else 2500, n_kl=2_000 if quick else 100_000, progress=not quick)
+        record = saved_fit(out_dir / "fits" / "planar_radial.pt", lambda: fit_energy_grid(**settings, progress=not quick),
+                           settings, refit)
+        rows = [dict(row, **record["provenance"]) for row in record["fit"]["rows"]]   # made by the fit, not by this drawing
         kls = {(r["energy"], r["flow"], r["K"]): r["kl_nats"] for r in rows}
-        fig = plot_energy_fits(flows, kls, {r["energy"]: r["log_Z"] for r in rows}, n=60 if quick else 200)
+        fig = plot_energy_fits(energy_grid_flows(record["fit"]), kls, {r["energy"]: r["log_Z"] for r in rows}, n=60 if quick else 200)
     png, table = out_dir / "planar_radial_energy_fits.png", out_dir / "tables" / "planar_radial_energy_kl.csv"
     table.parent.mkdir(parents=True, exist_ok=True)
     save_figure(fig, png)

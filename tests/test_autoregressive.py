@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
+from iaf_repro import autoregressive
 from iaf_repro.autoregressive import (DiagonalGaussian, _median_seconds, _num_threads, _operations, count_made_passes,
                                       fit_both, iaf_log_prob_of, iaf_sample, inverse_map, kl_both_ways, kl_estimate,
                                       maf_log_prob, maf_sample, make_figures, mixture_target, pullback_log_prob, time_costs)
@@ -158,7 +159,9 @@ def test_num_threads_restores():
     assert torch.get_num_threads() == before
 
 
-def test_make_figures_quick_writes_figures_and_a_costs_table(tmp_path):
+def test_make_figures_quick_writes_figures_and_a_costs_table(tmp_path, monkeypatch):
+    real, calls = autoregressive.fit_figures, []
+    monkeypatch.setattr(autoregressive, "fit_figures", lambda **kwargs: calls.append(kwargs) or real(**kwargs))
     paths = make_figures(tmp_path, quick=True)
     assert [p.name for p in paths] == ["maf_vs_iaf_costs.png", "maf_vs_iaf_costs.csv", "forward_vs_reverse_kl.png"]
     assert all(p.stat().st_size > 10_000 for p in paths if p.suffix == ".png")
@@ -166,6 +169,25 @@ def test_make_figures_quick_writes_figures_and_a_costs_table(tmp_path):
     assert set(costs.operation) == {"MAF density", "IAF sample", "MAF sample", "IAF density of x"}
     assert {"device", "torch", "threads", "commit", "dirty", "batch", "hidden_sizes", "depth", "repeats"} <= set(costs.columns)
     assert (costs.median_s > 0).all()
+
+    # a second call draws from the saved fit: nothing timed or fitted, the same bytes, the timing's own provenance
+    outputs, fit_file = [p.read_bytes() for p in paths], tmp_path / "fits" / "maf_vs_iaf.pt"
+    assert make_figures(tmp_path, quick=True) == paths and len(calls) == 1
+    assert [p.read_bytes() for p in paths] == outputs
+    record = torch.load(fit_file, weights_only=True)
+    assert costs.to_dict("records") == pd.DataFrame(record["fit"]["costs"]).to_dict("records")
+    assert costs.threads.tolist() == [1] * len(costs)                   # the thread count the timing ran with
+    flows = autoregressive.fitted_flows(record["fit"])                  # the saved flows are the ones drawn
+    for role, kl in zip(["maf", "iaf"], record["fit"]["panels"]["kls"]):
+        again = kl_both_ways(*flows[role], role, mixture_target(), n=record["settings"]["panels"]["n_kl"])
+        assert all(abs(again[way][0] - kl[way][0]) < 1e-4 for way in ("forward", "reverse"))
+
+    record["settings"]["fits"]["steps"] = 51                            # as if fitted with other settings: fit again
+    torch.save(record, fit_file)
+    make_figures(tmp_path, quick=True)
+    assert len(calls) == 2 and calls[-1]["fits"]["steps"] == 50
+    make_figures(tmp_path, quick=True, refit=True)
+    assert len(calls) == 3
 
 
 def test_time_costs_rows():

@@ -218,7 +218,7 @@ def test_gaussian_kl_and_the_diagonal_floor(D, seed):
     A, B = torch.randn(D, D, generator=g, dtype=F64), torch.randn(D, D, generator=g, dtype=F64)
     cov_p, cov_q = A @ A.T + 0.5 * torch.eye(D, dtype=F64), B @ B.T + 0.5 * torch.eye(D, dtype=F64)
     mean_p, mean_q = torch.randn(D, generator=g, dtype=F64), torch.randn(D, generator=g, dtype=F64)
-    precision, diff = torch.linalg.inv(cov_p), mean_q - mean_p                # Eq. 13, written out
+    precision, diff = torch.linalg.inv(cov_p), mean_q - mean_p                # Eq. (13), written out
     eq_13 = 0.5 * (torch.trace(precision @ cov_q) + diff @ precision @ diff - D + torch.logdet(cov_p) - torch.logdet(cov_q))
     torch.testing.assert_close(gaussian_kl(mean_q, cov_q, mean_p, cov_p), eq_13)
     best_diag = torch.diag(1 / torch.linalg.inv(cov_p).diagonal())           # v_i = 1 / Lambda_ii

@@ -1,4 +1,5 @@
 """Property tests for iaf_repro.nf: planar, radial and additive coupling layers, their constraints and inverses."""
+import csv
 import math
 
 import pytest
@@ -6,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import assume, given, strategies as st
 
+from iaf_repro import nf
 from iaf_repro.density import FlowChain, autograd_log_det
 from iaf_repro.iaf import IAFStep
 from iaf_repro.nf import (ENERGIES, AdditiveCoupling, PlanarFlow, RadialFlow, annealed_beta, fit_reverse_kl,
@@ -290,3 +292,39 @@ def test_short_fit_lowers_the_loss_and_the_kl():
     kl_after, se = reverse_kl(flow, ENERGIES["U2"], log_Z, n=20_000)
     assert len(history) == 300 and sum(history[-30:]) < sum(history[:30])
     assert 0 < kl_after + 5 * se and kl_after < kl_before                # KL ≥ 0 up to Monte Carlo noise
+
+
+# --- the chapter's figure, drawn from a saved fit ---
+
+def _counting(monkeypatch, module, name):
+    "Replace `module.name` by a wrapper that records each call's keywords and runs the real function once, then replays its result."
+    real, calls, result = getattr(module, name), [], []
+    def fit(**kwargs):
+        calls.append(kwargs)
+        if not result: result.append(real(**kwargs))
+        return result[0]
+    monkeypatch.setattr(module, name, fit)
+    return calls
+
+
+def test_make_figures_fits_once_then_draws_from_the_saved_fit(tmp_path, monkeypatch):
+    calls = _counting(monkeypatch, nf, "fit_energy_grid")
+    paths = nf.make_figures(tmp_path, quick=True)
+    outputs = [p.read_bytes() for p in paths]
+    fit_file = tmp_path / "fits" / "planar_radial.pt"
+    record = torch.load(fit_file, weights_only=True)
+    assert len(calls) == 1 and record["settings"] == {k: v for k, v in calls[0].items() if k != "progress"}
+    assert nf.make_figures(tmp_path, quick=True) == paths and len(calls) == 1           # drawn from the file, not fitted
+    assert [p.read_bytes() for p in paths] == outputs                                     # byte for byte the same
+    with open(paths[1]) as f: table = list(csv.DictReader(f))
+    assert {(r["commit"], r["date"]) for r in table} == {(record["provenance"]["commit"], record["provenance"]["date"])}
+    flows, log_Z = nf.energy_grid_flows(record["fit"]), log_partition(ENERGIES["U3"])
+    for row in table[8:12]:                                                              # U3: the saved flows are the fitted ones
+        kl, _ = reverse_kl(flows["U3", row["flow"], int(row["K"])], ENERGIES["U3"], log_Z, n=record["settings"]["n_kl"])
+        assert abs(kl - float(row["kl_nats"])) < 1e-3
+    record["settings"] = dict(record["settings"], n_iter=41)                             # as if fitted with other settings
+    torch.save(record, fit_file)
+    nf.make_figures(tmp_path, quick=True)
+    assert len(calls) == 2 and calls[-1]["n_iter"] == 40
+    nf.make_figures(tmp_path, quick=True, refit=True)
+    assert len(calls) == 3
