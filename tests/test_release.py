@@ -171,7 +171,7 @@ def test_reproduce_prints_the_plan_then_trains_only_what_it_marks_train(clone, c
                        ("thresholded-diag", "cpu", clone["runs_dir"]), ("thresholded-iaf-d4-w320", "cpu", clone["runs_dir"])]
     out = capsys.readouterr().out
     assert out.index("reuse released weights") < out.index("plan: train 4") < out.index("model 1 of 4: training static-iaf-d2-w320__smoke__s0")
-    assert "model 4 of 4: training thresholded-iaf-d4-w320__cpu__s0" in out and "12 (four-image VAEs" in out
+    assert "model 4 of 4: training thresholded-iaf-d4-w320__cpu__s0" in out and "12: four-image VAEs" in out
 
 
 def test_retrain_plans_to_train_everything_into_its_own_runs_folder(clone, monkeypatch, capsys):
