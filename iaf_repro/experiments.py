@@ -4,11 +4,12 @@
 
 # %% auto #0
 __all__ = ['PRESETS', 'FIGURE_PRESETS', 'CIFAR_PRESETS', 'BUDGETS', 'CIFAR_BUDGETS', 'TARGETS', 'TABLE_BUDGETS', 'RESULT_FIELDS',
-           'CIFAR_RESULT_FIELDS', 'TABLE_COLUMNS', 'CIFAR_COLUMNS', 'TABLES', 'DEFAULT_PRESETS', 'Preset', 'get_preset',
-           'Budget', 'get_budget', 'run_name', 'result_path', 'resolve_runs_dir', 'write_atomic', 'write_json',
-           'training_provenance', 'trained_under', 'initial_model', 'run', 'published', 'read_result', 'table_markdown',
-           'cifar_table_markdown', 'Table', 'get_table', 'build_table', 'write_tables', 'write_table',
-           'plot_prior_samples', 'table_figures', 'ensure_run', 'trained_model']
+           'CIFAR_RESULT_FIELDS', 'TABLE_COLUMNS', 'CIFAR_COLUMNS', 'TABLES', 'PAIRED_COLUMNS', 'VERDICT_SE',
+           'DEFAULT_PRESETS', 'Preset', 'get_preset', 'Budget', 'get_budget', 'run_name', 'result_path',
+           'resolve_runs_dir', 'write_atomic', 'write_json', 'training_provenance', 'trained_under', 'initial_model',
+           'run', 'published', 'read_result', 'table_markdown', 'cifar_table_markdown', 'Table', 'get_table',
+           'build_table', 'write_tables', 'write_table', 'paired_difference', 'claim_verdict', 'plot_prior_samples',
+           'table_figures', 'ensure_run', 'trained_model']
 
 # %% ../nbs/09_experiments.ipynb #2eaec6d3
 import json
@@ -385,6 +386,46 @@ def write_table(table: str, results_dir: Path = Path("figures/tables/runs"), out
                 budgets: tuple[str, ...] = TABLE_BUDGETS) -> pd.DataFrame:
     "Build a table and write `<out_dir>/<table>.csv` and `.md`: both, or (on any error) neither."
     return write_tables([table], results_dir, out_dir, budgets)[table]
+
+# %% ../nbs/09_experiments.ipynb #5a1d0c02
+PAIRED_COLUMNS = ("vlb", "log_px", "gap")   # the per-image values Tables 1 and 2 compare (the files also hold recon and kl)
+
+def _scored_images(results_dir: Path, run: str) -> dict:
+    "What fixes the test images a run scored, from its results file: the data and the number of test images ({} without the file)."
+    path = Path(results_dir) / f"{run}.json"
+    if not path.exists(): return {}
+    result = json.loads(path.read_text())
+    return {k: result.get(k) for k in ("mnist", "dataset", "eval_images")}
+
+def paired_difference(results_dir: Path, run_a: str, run_b: str, columns: tuple[str, ...] = PAIRED_COLUMNS) -> pd.DataFrame:
+    "Per-image `run_a` − `run_b` over the same test images, for each of `columns`: its mean, standard error, number of images and z = mean / s.e."
+    paths = [Path(results_dir) / f"{r}.per_image.csv.gz" for r in (run_a, run_b)]
+    pair = f"{paths[0]} and {paths[1]}"
+    if missing := [str(p) for p in paths if not p.exists()]:
+        raise FileNotFoundError(f"no per-image results {' or '.join(missing)}: a paired difference of {pair} needs both; "
+                                f"finish the run (`iaf-repro train <preset> --budget <budget>`) or copy its results files into {results_dir}")
+    a, b = (pd.read_csv(p) for p in paths)
+    scored = [_scored_images(results_dir, r) for r in (run_a, run_b)]
+    if len(a) != len(b) or (all(scored) and scored[0] != scored[1]):
+        seen = " vs ".join(f"{len(f)} images" + (f" of {s.get('mnist') or s.get('dataset')}" if s else "") for f, s in zip((a, b), scored))
+        raise ValueError(f"{pair} score different test images ({seen}): pair two runs evaluated on the same data at the same budget")
+    if absent := [c for c in columns if c not in a or c not in b]:
+        raise ValueError(f"{pair} do not both hold per-image {', '.join(absent)}; they hold {', '.join(a.columns)} and {', '.join(b.columns)}")
+    d = a[list(columns)] - b[list(columns)]                               # [images, columns], paired image by image
+    n = len(d)
+    if n < 2: raise ValueError(f"{pair} hold {n} test image(s): a standard error needs at least 2")
+    se = d.std(ddof=1) / math.sqrt(n)
+    out = pd.DataFrame(dict(mean=d.mean(), se=se, n=n, z=d.mean() / se.where(se > 0)))
+    out.index.name = "column"
+    return out
+
+VERDICT_SE = 3.0   # standard errors a paired difference must clear before a claim about its sign is called either way
+
+def claim_verdict(z: float, sign: int = 1, bar: float = VERDICT_SE) -> str:
+    "The verdict on a claim that a paired difference has sign `sign` (+1 or -1), from its z: `holds` or `the opposite` beyond `bar` s.e., else `undecided`."
+    if sign not in (1, -1): raise ValueError(f"sign must be +1 or -1 (the direction the claim expects), got {sign!r}")
+    if math.isnan(z): return "undecided"
+    return "holds" if sign * z >= bar else "the opposite" if sign * z <= -bar else "undecided"
 
 # %% ../nbs/09_experiments.ipynb #71d28306
 def plot_prior_samples(models: dict, n: int = 10, seed: int = 0, title: str = "Samples from the prior"):

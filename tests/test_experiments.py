@@ -6,8 +6,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from iaf_repro.experiments import (BUDGETS, CIFAR_RESULT_FIELDS, PRESETS, RESULT_FIELDS, TABLES, TARGETS, build_table, get_budget, get_preset,
-                                   published, ensure_run, read_result, result_path, run, run_name, table_markdown, write_table)
+from iaf_repro.experiments import (BUDGETS, CIFAR_RESULT_FIELDS, PAIRED_COLUMNS, PRESETS, RESULT_FIELDS, TABLES, TARGETS, build_table, get_budget,
+                                   get_preset, paired_difference, published, ensure_run, read_result, result_path, run, run_name, table_markdown,
+                                   write_table)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_TARGETS = ROOT.parent / "shared" / "reference" / "targets.csv"
@@ -140,3 +141,17 @@ def test_the_committed_tables_are_the_ones_the_committed_results_give(table, tmp
     for suffix in (".md", ".csv"):
         committed = (ROOT / "figures" / "tables" / f"{table}{suffix}").read_text()
         assert (tmp_path / f"{table}{suffix}").read_text() == committed, f"run `iaf-repro table {'cifar' if 'cifar10' in TABLES[table].datasets else table[-1]}` and commit {table}{suffix}"
+
+
+def test_paired_difference_of_committed_runs_is_their_rows_difference_with_a_smaller_error():
+    runs = ROOT / "figures" / "tables" / "runs"
+    iaf, diag = "static-iaf-d2-w320__cpu__s0", "static-diag__cpu__s0"
+    d = paired_difference(runs, iaf, diag)
+    a, b = (read_result(runs / f"{r}.json") for r in (iaf, diag))
+    for c in PAIRED_COLUMNS: assert d.loc[c, "mean"] == pytest.approx(a[c] - b[c], abs=1e-3)   # per-image files keep 4 decimals
+    assert (d.n == a["eval_images"]).all()
+    assert d.loc["vlb", "se"] < (a["vlb_se"] ** 2 + b["vlb_se"] ** 2) ** 0.5 / 3               # pairing removes the images' spread
+    with pytest.raises(ValueError, match=r"score different test images \(2000 images of static vs 1000 images of cifar10\)"):
+        paired_difference(runs, diag, "cifar-simple-diag__cpu__s0")
+    with pytest.raises(FileNotFoundError, match="static-diag__paper__s0.per_image.csv.gz"):
+        paired_difference(runs, diag, "static-diag__paper__s0")
