@@ -12,7 +12,6 @@ __all__ = ['DiagonalGaussian', 'iaf_sample', 'iaf_log_prob_of', 'maf_log_prob', 
 import math
 import statistics
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .density import autograd_log_det, check_batch, flow_log_prob, log_normal_diag
-from .utils import provenance, save_figure, saved_fit, seeded
+from .utils import provenance, save_figure, saved_fit, seeded, torch_threads
 from .iaf import IAF, iaf_log_q
 from .made import MADE
 
@@ -102,16 +101,6 @@ def _operations(flow: IAF, x: torch.Tensor) -> dict:
             "IAF density of x": lambda: iaf_log_prob_of(flow, x)}
 
 # %% ../nbs/04b_maf_vs_iaf.ipynb #ca2c0031
-@contextmanager
-def _num_threads(n: int | None):
-    "Temporarily set torch's intra-op thread count (`None`: leave it as it is)."
-    old = torch.get_num_threads()
-    if n is not None: torch.set_num_threads(n)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(old)
-
 def _median_seconds(operation, repeats: int = 7, warmup: int = 2) -> float:
     "Median wall time (CPU, `time.perf_counter`) of `operation()` over `repeats` runs, after `warmup` untimed runs."
     if repeats < 1: raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -126,7 +115,7 @@ def time_costs(dims: list[int], batch: int = 64, hidden_sizes: tuple[int, ...] =
                repeats: int = 7, threads: int | None = 1, seed: int = 0, progress: bool = True) -> pd.DataFrame:
     "Time the four operations on one random IAF per D: one row per (D, operation), with MADE passes and provenance."
     rows = []
-    with _num_threads(threads) as used, torch.no_grad():
+    with torch_threads(threads) as used, torch.no_grad():
         for D in tqdm(dims, desc="timing", disable=not progress):
             torch.manual_seed(seed)
             flow = IAF(D, depth=depth, hidden_sizes=hidden_sizes)

@@ -51,6 +51,7 @@ def _check_chapters(names: list[str] | None) -> list[str]:
 def render_figures(names: list[str] | None = None, out_dir: Path = Path("figures"), quick: bool = False,
                    refit: bool = False) -> dict[str, list[Path]]:
     "Run each chapter's `make_figures` into `out_dir`; return the paths written, by chapter, and print timings. Chapters that fit something draw from their saved fit in `out_dir/fits` (chapter 97's `saved_fit`), unless `refit`."
+    from iaf_repro.utils import torch_threads                                   # here: the CLI starts without torch
     written = {}
     count = "{desc}: chapter {n_fmt} of {total_fmt} [{elapsed}]{postfix}"      # a count, no ETA: chapters differ in cost by 1000x
     for name in (bar := tqdm(_check_chapters(names), desc="figures", bar_format=count)):
@@ -58,7 +59,8 @@ def render_figures(names: list[str] | None = None, out_dir: Path = Path("figures
         start = time.perf_counter()
         make_figures = importlib.import_module(CHAPTERS[name]).make_figures
         fits = {"refit": refit} if "refit" in inspect.signature(make_figures).parameters else {}   # only the chapters that fit
-        written[name] = make_figures(Path(out_dir), quick=quick, **fits)
+        with torch_threads(1):                                                  # the same bytes whatever the machine's core count
+            written[name] = make_figures(Path(out_dir), quick=quick, **fits)
         print(f"{name:>20}: {time.perf_counter() - start:6.1f} s  " + ", ".join(p.name for p in written[name]))
     return written
 

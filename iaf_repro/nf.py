@@ -13,7 +13,6 @@ import copy
 import csv
 import math
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .density import FlowChain, check_batch, check_context, flow_log_prob, log_standard_normal
-from .utils import save_figure, saved_fit
+from .utils import save_figure, saved_fit, torch_threads
 
 # %% ../nbs/02_planar_radial.ipynb #c92048cf
 def _check_unused_context(h: torch.Tensor | None, batch: int) -> None:
@@ -195,14 +194,6 @@ def sample_flow(flow: nn.Module, n: int, dim: int = 2, generator: torch.Generato
     return z_K, flow_log_prob(log_standard_normal(z0), log_det)
 
 # %% ../nbs/02_planar_radial.ipynb #3b498e9c
-@contextmanager
-def _num_threads(n: int | None):
-    "Run a block with `n` intra-op threads (None: leave as is), restoring the previous number afterwards."
-    before = torch.get_num_threads()
-    if n: torch.set_num_threads(n)
-    try: yield
-    finally: torch.set_num_threads(before)
-
 def fit_reverse_kl(flow: nn.Module, energy, n_iter: int = 2500, batch: int = 256, lr: float = 1e-2, n_warmup: int | None = None,
                    dim: int = 2, seed: int = 0, progress: bool = True, num_threads: int | None = 1) -> list[float]:
     "Minimize the annealed reverse-KL loss E[log q_K(z_K) + β_t U(z_K)] with Adam; return the loss at β = 1 per step (Eqs. (13)-(14))."
@@ -210,7 +201,7 @@ def fit_reverse_kl(flow: nn.Module, energy, n_iter: int = 2500, batch: int = 256
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(flow.parameters(), lr=lr)
     history = []
-    with _num_threads(num_threads):                            # tiny tensors: more threads only add waiting
+    with torch_threads(num_threads):                            # tiny tensors: more threads only add waiting
         for t in tqdm(range(n_iter), desc="reverse KL", disable=not progress, leave=False):
             z_K, log_q = sample_flow(flow, batch, dim, generator)
             U = energy(z_K)
@@ -311,7 +302,7 @@ def make_figures(out_dir: Path, quick: bool = False, refit: bool = False) -> lis
     "Draw `planar_radial_energy_fits.png` and write `tables/planar_radial_energy_kl.csv` under `out_dir` from the saved fit `fits/planar_radial.pt` (fitted first if missing, fitted with other settings, or `refit`)."
     out_dir = Path(out_dir)
     settings = dict(n_iter=40 if quick else 2500, batch=256, lr=1e-2, seed=0, n_kl=2_000 if quick else 100_000)
-    with _num_threads(1):                                      # small tensors throughout: see the budget note
+    with torch_threads(1):                                      # small tensors throughout: see the budget note
         record = saved_fit(out_dir / "fits" / "planar_radial.pt", lambda: fit_energy_grid(**settings, progress=not quick),
                            settings, refit)
         rows = [dict(row, **record["provenance"]) for row in record["fit"]["rows"]]   # made by the fit, not by this drawing
