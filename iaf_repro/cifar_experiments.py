@@ -6,6 +6,7 @@
 __all__ = ['paired_bits_per_dim', 'cifar_run_figures', 'blog_table']
 
 # %% ../nbs/24_cifar_tables.ipynb #7dadfc10
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -16,16 +17,15 @@ from .cifar_vae import plot_images
 from .utils import save_figure
 from .discretized import CIFAR_DIMS
 from .evaluate import bits_per_dim, plot_training_curves
-from .experiments import CIFAR_PRESETS, CIFAR_RESULT_FIELDS, TARGETS, read_result, resolve_runs_dir, result_path, run_name
+from .experiments import (CIFAR_PRESETS, CIFAR_RESULT_FIELDS, TARGETS, paired_difference, read_result, resolve_runs_dir, result_path,
+                                  run_name)
 from .train import load_ema_model
 
 # %% ../nbs/24_cifar_tables.ipynb #6e4b3dcd
 def paired_bits_per_dim(a: str, b: str, budget: str = "cpu", results_dir: Path = Path("figures/tables/runs"), seed: int = 0) -> dict:
-    "Mean and standard error over test images of bits/dim(a) - bits/dim(b), from the per-image IS log p(x) of two runs on the same images."
-    per = [pd.read_csv(result_path(results_dir, n, budget, seed, ".per_image.csv.gz")) for n in (a, b)]
-    if len(per[0]) != len(per[1]): raise ValueError(f"{a} and {b} were scored on different numbers of test images")
-    d = bits_per_dim(per[0].log_px - per[1].log_px, CIFAR_DIMS)
-    return dict(a=a, b=b, n=len(d), mean=float(d.mean()), se=float(d.std(ddof=1) / len(d) ** 0.5))
+    "Mean and standard error over test images of bits/dim(a) - bits/dim(b), from chapter 09's paired difference of the two runs' per-image IS log p(x)."
+    d = paired_difference(results_dir, run_name(a, budget, seed), run_name(b, budget, seed), ("log_px",)).loc["log_px"]
+    return dict(a=a, b=b, n=int(d.n), mean=float(bits_per_dim(d["mean"], CIFAR_DIMS)), se=float(d.se / (CIFAR_DIMS * math.log(2))))   # bits/dim: linear in log p(x)
 
 # %% ../nbs/24_cifar_tables.ipynb #02f1f7d0
 def _curves_title(names: list[str], budget: str) -> str:
