@@ -48,7 +48,8 @@ def time_reproduce(clone: Path, extra: list[str]) -> dict:
     seconds, load_after = time.perf_counter() - start, os.getloadavg()[0]
     (clone.parent / "reproduce.log").write_text(run.stdout + run.stderr)
     if run.returncode: raise SystemExit(f"reproduce failed ({run.returncode}); its log: {clone.parent / 'reproduce.log'}\n{run.stderr[-2000:]}")
-    changed = [line[3:] for line in git("status", "--porcelain", cwd=clone).splitlines()]
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True, check=True).stdout
+    changed = [line[3:] for line in status.splitlines()]                          # "XY path": git() would strip the first X
     plan = next((l for l in run.stdout.splitlines() if l.startswith("plan: ")), "")
     return dict(command="make reproduce" + (" " + " ".join(extra) if extra else ""), seconds=round(seconds, 1), clean=not changed,
                 changed=" ".join(changed), plan=plan.removeprefix("plan: ").rstrip("."), commit=git("rev-parse", "--short=12", "HEAD"),
