@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, strategies as st
 
 from iaf_repro import autoregressive
-from iaf_repro.autoregressive import (DiagonalGaussian, _median_seconds, _num_threads, _operations, count_made_passes,
+from iaf_repro.autoregressive import (DiagonalGaussian, _median_seconds, _operations, count_made_passes,
                                       fit_both, iaf_log_prob_of, iaf_sample, inverse_map, kl_both_ways, kl_estimate,
                                       maf_log_prob, maf_sample, make_figures, mixture_target, pullback_log_prob, time_costs)
 from iaf_repro.density import autograd_log_det, log_standard_normal
@@ -150,13 +150,6 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="role must be"): kl_both_ways(flow, DiagonalGaussian(2), "nice", mixture_target())
     with pytest.raises(ValueError, match="std > 0"): mixture_target(std=-1.0)
     with pytest.raises(ValueError, match="repeats must be >= 1"): _median_seconds(lambda: None, repeats=0)
-
-
-def test_num_threads_restores():
-    before = torch.get_num_threads()
-    with _num_threads(1) as used:
-        assert used == torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
 
 
 def test_make_figures_quick_writes_figures_and_a_costs_table(tmp_path, monkeypatch):
