@@ -79,3 +79,25 @@ def test_a_leg_rehearsed_on_the_cpu_end_to_end(tmp_path, monkeypatch):
     assert brought["epochs_after"] == {name: 1} and brought["device"] == "cpu"
     assert json.loads((tmp_path / "results" / f"{name}.json").read_text())["run"] == name
     assert (runs / name / "checkpoint.pt").exists() and any((tmp_path / "superseded").iterdir())
+
+
+def test_set_aside_leaves_the_committed_weights_behind_and_restore_brings_them_back(tmp_path):
+    "The device call carries the working tree, 64 MiB in all: the released weights and saved fits stay here, committed, and come back."
+    import subprocess
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+    git("init", "-q"); git("config", "user.email", "t@t"); git("config", "user.name", "t")
+    files = {"weights/a__cpu__s0.pt": b"w" * 1000, "figures/fits/four.pt": b"f" * 500, "nbs/x.ipynb": b"{}", "weights/README.md": b"r"}
+    for name, data in files.items(): (tmp_path / name).parent.mkdir(parents=True, exist_ok=True); (tmp_path / name).write_bytes(data)
+    git("add", "-A"); git("commit", "-qm", "c")
+    assert sorted(p.name for p in leg.set_aside_files(tmp_path)) == ["a__cpu__s0.pt", "four.pt"]
+    assert leg.checkout_bytes(tmp_path) == 3                                        # the notebook and the README only
+    (tmp_path / "figures/fits/four.pt").write_bytes(b"changed")
+    with pytest.raises(SystemExit, match="uncommitted changes"): leg.set_aside(tmp_path)
+    assert (tmp_path / "weights/a__cpu__s0.pt").exists()                           # refused: nothing removed
+    git("checkout", "--", "figures/fits/four.pt")
+    assert leg.set_aside(tmp_path) == 1500
+    assert not (tmp_path / "weights/a__cpu__s0.pt").exists() and (tmp_path / "nbs/x.ipynb").exists()
+    (tmp_path / "weights").mkdir(exist_ok=True); (tmp_path / "weights/a__cpu__s0.pt").write_bytes(b"local")   # present: kept as it is
+    leg.restore(tmp_path)
+    assert (tmp_path / "figures/fits/four.pt").read_bytes() == files["figures/fits/four.pt"]
+    assert (tmp_path / "weights/a__cpu__s0.pt").read_bytes() == b"local"

@@ -8,13 +8,14 @@ device"): weights, optimizer and schedule carry over, the random streams restart
 
     # here: stop the local campaign, then stage the runs, the data and the wheels the GPU machine lacks
     python tools/gpu_leg.py pack static-diag__paper__s0 static-iaf-d2-w320__paper__s0
+    python tools/gpu_leg.py set-aside     # the committed weights and saved fits stay here: the call would not fit with them
     # here, as a rehearsal on the CPU (a minute), then on the GPU through the device tool, carry [".device-data"]:
     python3 tools/gpu_leg.py train --until 1m --device cpu --out /tmp/leg-out
     python3 tools/gpu_leg.py train --until 8m --device cuda --out $OUT
     # here, with the folder the device tool put the files in:
     python tools/gpu_leg.py unpack FILES_AT
 
-`unpack` checks every run it brings back against the local folder (the checkpoint loads, the epochs only grew, the
+`unpack` brings the set-aside files back from git, and checks every run it brings back against the local folder (the checkpoint loads, the epochs only grew, the
 local metrics are the start of the new ones), keeps the local folder under `<runs>/../superseded/`, and never
 deletes run state.
 """
@@ -38,6 +39,7 @@ CARRY_LIMIT = 64 * 2**20                        # the device tool: what travels,
 PART_SIZE = 15 * 2**20                          # the device tool: files back are at most 16 MiB each ...
 MAX_PARTS = 8                                   # ... and at most 8 of them
 WHEELS = ("fastcore",)
+SET_ASIDE = ("weights/*.pt", "figures/fits/*.pt")  # committed, tens of MB, read only when drawing: left behind by a leg
 CIFAR_MIB = 161                                 # cifar10_train.npz and cifar10_test.npz                          # iaf_repro's requirements the GPU machine's image lacks
 
 
@@ -57,10 +59,34 @@ def check_idle(folder: Path) -> None:
     if being_trained(folder): raise SystemExit(f"{folder} is being trained; stop its campaign first (SIGTERM), then pack")
 
 
-def checkout_bytes() -> int:
-    "Bytes of what the device tool sends besides the carried folders: tracked and untracked-not-ignored files."
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
-    return sum((ROOT / f).stat().st_size for f in files.decode().split("\0") if f and (ROOT / f).is_file())
+def set_aside_files(root: Path = ROOT) -> list[Path]:
+    "The committed files a leg leaves out of the working tree (`SET_ASIDE`: released weights, saved fits), which training never reads."
+    files = subprocess.run(["git", "ls-files", "-z", "--", *SET_ASIDE], cwd=root, capture_output=True, check=True).stdout
+    return [root / f for f in files.decode().split("\0") if f]
+
+
+def checkout_bytes(root: Path = ROOT) -> int:
+    "Bytes of what the device tool sends besides the carried folders: tracked and untracked-not-ignored files, less those set aside."
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=root, capture_output=True, check=True).stdout
+    aside = set(set_aside_files(root))
+    return sum(p.stat().st_size for f in files.decode().split("\0") if f and (p := root / f).is_file() and p not in aside)
+
+
+def set_aside(root: Path = ROOT) -> int:
+    "Remove the `SET_ASIDE` files from the working tree before a device call (each is committed: `restore` brings it back); the bytes freed."
+    files = [f for f in set_aside_files(root) if f.exists()]
+    changed = subprocess.run(["git", "status", "--porcelain", "--", *map(str, files)], cwd=root, capture_output=True, text=True,
+                             check=True).stdout if files else ""
+    if changed.strip(): raise SystemExit(f"uncommitted changes in files a leg sets aside:\n{changed}commit them first, then set-aside")
+    freed = sum(f.stat().st_size for f in files)
+    for f in files: f.unlink()
+    return freed
+
+
+def restore(root: Path = ROOT) -> None:
+    "Bring the set-aside files that are missing back from git; a file present is left as it is, changes and all."
+    if missing := [str(f.relative_to(root)) for f in set_aside_files(root) if not f.exists()]:
+        subprocess.run(["git", "checkout", "--", *missing], cwd=root, check=True)
 
 
 def folder_bytes(folder: Path) -> int:
@@ -182,6 +208,7 @@ def unpack(files: Path, runs: Path, results: Path, superseded: Path | None = Non
         if (Path(tmp) / "results").exists():
             results.mkdir(parents=True, exist_ok=True)
             for f in (Path(tmp) / "results").iterdir(): shutil.copy2(f, results / f.name)
+    restore()                                                                   # the released weights and saved fits, back from git
     return plan
 
 
@@ -196,11 +223,15 @@ def main(argv=None) -> int:
     t.add_argument("--device", default="cuda", help="cuda on the device; cpu for the rehearsal here")
     t.add_argument("--out", type=Path, required=True, help="folder for the leg.tar parts ($OUT on the device)")
     t.add_argument("--threads", type=int, default=4, help="CPU threads of each run (default: 4)")
+    sub.add_parser("set-aside", help="remove the committed weights and saved fits from the working tree before the device call (here)")
+    sub.add_parser("restore", help="bring them back from git (unpack does it too)")
     u = sub.add_parser("unpack", help="check the runs brought back and put them in the runs folder (here)")
     u.add_argument("files", type=Path, help="the folder holding leg.tar.partNN (the device tool's files_at)")
     u.add_argument("--results", type=Path, default=ROOT / "figures" / "tables" / "runs")
     args = ap.parse_args(argv)
     if args.command == "train": return train(args.until, args.device, args.out, threads=args.threads)   # no iaf_repro import here
+    if args.command == "set-aside": print(f"set aside {set_aside() / 2**20:.1f} MiB; `python tools/gpu_leg.py restore` brings them back"); return 0
+    if args.command == "restore": restore(); return 0
     from iaf_repro.experiments import resolve_runs_dir                          # here (pack, unpack) the package is installed
     if args.command == "pack": print(json.dumps(pack(args.runs, resolve_runs_dir(), args.data), indent=1))
     else: print(json.dumps(unpack(args.files, resolve_runs_dir(), args.results), indent=1))
