@@ -32,7 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import BinarizedMNIST, load_mnist
-from .utils import positive_int, save_figure, saved_fit, seeded
+from .utils import positive_int, save_atomic, save_figure, saved_fit, seeded
 from .elbo import elbo, log_importance_weights
 from .iaf import IAF, z_dependence
 from .vae import VAEConfig
@@ -75,16 +75,8 @@ class CheckpointError(RuntimeError):
     "A checkpoint is missing or unreadable, or belongs to a different model, configuration or device."
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    "Write `state` to `path` atomically: a temporary file in the same folder, flushed to disk, then `os.replace`."
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    "Write `state` to `path` atomically (chapter 97's `save_atomic`: a temporary file in the same folder, flushed to disk, then `os.replace`)."
+    save_atomic(state, path)
 
 def load_checkpoint(path: Path, device="cpu") -> dict:
     "Read a checkpoint written by `save_checkpoint` onto `device`, or raise a `CheckpointError` naming the file."
