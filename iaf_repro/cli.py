@@ -183,7 +183,9 @@ def _parser() -> argparse.ArgumentParser:
     cp.add_argument("--seed", type=int, default=0, help="random seed of every run (default: 0)")
     cp.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: cpu)")
     st = sub.add_parser("status", help="where every run in the runs folder stands: epoch, best VLB, pace, epochs and hours left")
-    st.add_argument("--write", action="store_true", help="also write <out>/tables/campaign.csv and <out>/campaign_progress.png")
+    st.add_argument("--write", action="store_true", help="also write <out>/tables/campaign.csv, <out>/campaign_progress.png and each "
+                    "static-MNIST run's bound on training images, <out>/tables/campaign/<run>.fit.csv")
+    st.add_argument("--budget", default=None, help="only the runs of this budget: smoke | cpu | paper (default: every run)")
     st.add_argument("--out", type=Path, default=Path("figures"), help="output folder for --write (default: figures)")
     ls = sub.add_parser("list", help="every preset (MNIST and CIFAR-10): its table and row, whether its results exist, and its weights: released, run (finished), no")
     ls.add_argument("--budget", default="cpu", help="the budget whose results and weights to look for: smoke | cpu | paper (default: cpu)")
@@ -277,8 +279,9 @@ def main(argv: list[str] | None = None) -> int:
             print(outcomes.to_string(index=False))
         elif args.command == "status":
             campaign = importlib.import_module("iaf_repro.campaign")
-            table = (campaign.write_campaign_status(args.runs, args.results, args.out) if args.write
-                     else campaign.status(args.runs, args.results))
+            table = (campaign.write_campaign_status(args.runs, args.results, args.out, args.budget) if args.write
+                     else campaign.status(args.runs, args.results, args.budget))
+            if args.write: campaign.write_training_fits(args.runs, args.out, budget=args.budget)
             print(table.drop(columns=["preset", "budget", "seed"]).round(3).to_string(index=False) if len(table) else "no runs yet")
         elif args.command == "list":
             print(presets_overview(args.budget, args.runs, args.results).to_string(index=False))

@@ -106,6 +106,10 @@ def test_the_campaign_and_status_commands(tmp_path, capsys):
     assert main(["status", *where, "--write", "--out", str(tmp_path / "figures")]) == 0
     assert "static-diag__smoke__s0" in capsys.readouterr().out
     assert (tmp_path / "figures" / "tables" / "campaign.csv").exists()
+    fit = pd.read_csv(tmp_path / "figures" / "tables" / "campaign" / "static-diag__smoke__s0.fit.csv")   # the bound on training images
+    assert fit.weights.tolist() == ["best", "last"] and (fit.train_images == 10_000).all()
+    assert main(["status", *where, "--budget", "paper"]) == 0 and "no runs yet" in capsys.readouterr().out
+    assert main(["status", *where, "--budget", "weekly"]) == 2 and "weekly" in capsys.readouterr().err
     assert main(["campaign", "static-diag", "--threads", "0", *where]) == 2
     assert "threads must be a positive integer" in capsys.readouterr().err
 
