@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .train import load_checkpoint, run_progress, save_checkpoint, training_finished
+from .utils import load_saved
 from .experiments import (DEFAULT_PRESETS, FIGURE_PRESETS, TABLES, get_budget, get_preset, read_result, resolve_runs_dir,
                                    result_path, run, run_name, trained_model, trained_under, write_tables)
 
@@ -74,12 +75,8 @@ def release_weights(preset: str, budget: str, seed: int = 0, runs_dir: Path | No
 def _read_release(path: Path) -> dict:
     "A released weights file, read without running pickled code, or an error naming it and the fix."
     fix = f"restore it from git (`git checkout -- {path}`) or release its run again (`iaf-repro release`)"
-    try: release = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        reason = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ValueError(f"{path} is not a readable weights file (truncated, corrupt or not a PyTorch file: {type(e).__name__}: {reason}); {fix}") from e
-    if not isinstance(release, dict) or release.get("format") != RELEASE_FORMAT or not isinstance(release.get("state_dict"), dict):
-        raise ValueError(f"{path} is a PyTorch file but not iaf-repro released weights (expected format {RELEASE_FORMAT!r}); {fix}")
+    release = load_saved(path, RELEASE_FORMAT, "weights file", "iaf-repro released weights", fix)
+    if not isinstance(release.get("state_dict"), dict): raise ValueError(f"{path} is released weights without their state_dict; {fix}")
     return release
 
 def _load_weights(model: nn.Module, state: dict, path: Path, preset: str) -> nn.Module:

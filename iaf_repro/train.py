@@ -32,7 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import BinarizedMNIST, load_mnist
-from .utils import positive_int, save_atomic, save_figure, saved_fit, seeded
+from .utils import load_saved, positive_int, save_atomic, save_figure, saved_fit, seeded
 from .elbo import elbo, log_importance_weights
 from .iaf import IAF, z_dependence
 from .vae import VAEConfig
@@ -82,17 +82,8 @@ def load_checkpoint(path: Path, device="cpu") -> dict:
     "Read a checkpoint written by `save_checkpoint` onto `device`, or raise a `CheckpointError` naming the file."
     path = Path(path)
     if not path.is_file(): raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        reason = (str(e).strip().splitlines() or [""])[0][:200]
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated, corrupt or not a PyTorch file: "
-                              f"{type(e).__name__}: {reason}). It was left untouched; move it aside to start the run "
-                              "again, or restore it from a copy.") from e
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is a PyTorch file but not an iaf-repro training checkpoint "
-                              f"(expected format {CHECKPOINT_FORMAT!r}); it was left untouched.")
-    return state
+    return load_saved(path, CHECKPOINT_FORMAT, "checkpoint", "an iaf-repro training checkpoint",
+                      "it was left untouched; move it aside to start the run again, or restore it from a copy", CheckpointError, device)
 
 # %% ../nbs/07_train.ipynb #4fd0ee3f
 @dataclass(frozen=True)
