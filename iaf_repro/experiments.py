@@ -394,7 +394,7 @@ def _scored_images(results_dir: Path, run: str) -> dict:
     "What fixes the test images a run scored, from its results file: the data and the number of test images ({} without the file)."
     path = Path(results_dir) / f"{run}.json"
     if not path.exists(): return {}
-    result = json.loads(path.read_text())
+    result = read_result(path, fields={})        # any run's results file, MNIST or CIFAR-10: a JSON object, or an error naming it
     return {k: result.get(k) for k in ("mnist", "dataset", "eval_images")}
 
 def paired_difference(results_dir: Path, run_a: str, run_b: str, columns: tuple[str, ...] = PAIRED_COLUMNS) -> pd.DataFrame:

@@ -153,5 +153,14 @@ def test_paired_difference_of_committed_runs_is_their_rows_difference_with_a_sma
     assert d.loc["vlb", "se"] < (a["vlb_se"] ** 2 + b["vlb_se"] ** 2) ** 0.5 / 3               # pairing removes the images' spread
     with pytest.raises(ValueError, match=r"score different test images \(2000 images of static vs 1000 images of cifar10\)"):
         paired_difference(runs, diag, "cifar-simple-diag__cpu__s0")
-    with pytest.raises(FileNotFoundError, match="static-diag__paper__s0.per_image.csv.gz"):
-        paired_difference(runs, diag, "static-diag__paper__s0")
+    with pytest.raises(FileNotFoundError, match="static-diag__cpu__s9.per_image.csv.gz"):
+        paired_difference(runs, diag, "static-diag__cpu__s9")
+
+
+def test_paired_difference_names_a_corrupt_results_file(tmp_path):
+    runs = ROOT / "figures" / "tables" / "runs"
+    for r in ("static-iaf-d2-w320__cpu__s0", "static-diag__cpu__s0"):
+        for suffix in (".json", ".per_image.csv.gz"): (tmp_path / f"{r}{suffix}").write_bytes((runs / f"{r}{suffix}").read_bytes())
+    (tmp_path / "static-diag__cpu__s0.json").write_text('{"mnist": "static", ')                 # half-written
+    with pytest.raises(ValueError, match=r"static-diag__cpu__s0.json is not a valid results file"):
+        paired_difference(tmp_path, "static-iaf-d2-w320__cpu__s0", "static-diag__cpu__s0")
