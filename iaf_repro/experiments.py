@@ -277,13 +277,18 @@ def read_result(path: Path, fields: dict[str, str] = RESULT_FIELDS) -> dict:
 # %% ../nbs/09_experiments.ipynb #db7a20ad
 TABLE_COLUMNS = ["mnist", "model", "vlb", "vlb_se", "log_px", "log_px_se", "gap", "published_vlb", "published_log_px",
                  "published_source", "run", "budget", "epochs", "best_epoch", "seed", "is_samples", "eval_images", "device", "threads",
-                 "train_seconds", "eval_seconds", "trained_commit", "commit", "dirty", "iaf_repro", "torch"]
+                 "train_seconds", "eval_seconds", "trained_commit", "trained_commits", "commit", "dirty", "iaf_repro", "torch"]
 
 def _fmt(value, se=None) -> str:
     if pd.isna(value): return "not run" if se is not None else "—"
     return f"{value:.2f} ± {se:.2f}" if se is not None and not pd.isna(se) else f"{value:.2f}"
 
 def _fmt_int(v) -> str: return "" if pd.isna(v) else str(int(v))
+
+def _fmt_trained(r) -> str:
+    "The commit a row was trained under, or the first of several with how many more (a run resumed across sessions)."
+    more = len(str(r.trained_commits).split()) - 1 if isinstance(r.trained_commits, str) else 0
+    return f"{r.trained_commit} +{more}" if more else str(r.trained_commit)
 
 def table_markdown(df: pd.DataFrame, title: str) -> str:
     "Markdown for an MNIST table: one section per kind of MNIST, ours (± standard error) beside published."
@@ -297,7 +302,7 @@ def table_markdown(df: pd.DataFrame, title: str) -> str:
             out.append(f"| {r.model} | {_fmt(r.vlb, r.vlb_se)} | {_fmt(r.log_px, r.log_px_se)} | {_fmt(r.gap)} | {_fmt(r.published_vlb)} "
                        f"| {_fmt(r.published_log_px)} | {r.published_source} | {r.budget if ran else ''} | "
                        + (f"{_fmt_int(r.epochs)} ({_fmt_int(r.best_epoch)}) | {_fmt_int(r.seed)} | {_fmt_int(r.is_samples)} | {_fmt_int(r.eval_images)} "
-                          f"| {r.device}, {_fmt_int(r.threads)} | {r.train_seconds / 60:.0f} | {r.trained_commit} / {r.commit}{' (dirty)' if r.dirty is True else ''} |"
+                          f"| {r.device}, {_fmt_int(r.threads)} | {r.train_seconds / 60:.0f} | {_fmt_trained(r)} / {r.commit}{' (dirty)' if r.dirty is True else ''} |"
                           if ran else "| | | | | | |"))
     return "\n".join(out) + "\n"
 
@@ -356,6 +361,10 @@ def get_table(name: str) -> Table:
     return TABLES[name]
 
 # %% ../nbs/09_experiments.ipynb #75cd3ef7
+def _table_row(result: dict) -> dict:
+    "A results file as a table row: `trained_commits` (every commit a run resumed across sessions trained under) as one text."
+    return dict(result, status="ran", trained_commits=" ".join(result.get("trained_commits") or [result["trained_commit"]]))
+
 def build_table(table: str, results_dir: Path = Path("figures/tables/runs"), seed: int = 0,
                 budgets: tuple[str, ...] = TABLE_BUDGETS) -> pd.DataFrame:
     "Assemble a table from the results files of its presets (a row per budget run; where none ran, a 'not run' row, or one per budget), beside the published numbers."
@@ -366,7 +375,7 @@ def build_table(table: str, results_dir: Path = Path("figures/tables/runs"), see
         p = PRESETS[name]
         about = dict(mnist=p.dataset, model=p.label, preset=name, **published(table, p.dataset, p.row, source=p.source or None))
         paths = {b: result_path(results_dir, name, b, seed) for b in budgets}
-        ran = {b: dict(read_result(path, t.fields), status="ran") for b, path in paths.items() if path.exists()}
+        ran = {b: _table_row(read_result(path, t.fields)) for b, path in paths.items() if path.exists()}
         if t.every_budget: found = [ran.get(b, dict(budget=b, seed=seed, status="not yet run at this budget")) for b in budgets]
         else: found = list(ran.values()) or [dict(seed=seed)]
         rows += [dict(r, **about) for r in found]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from iaf_repro.experiments import (BUDGETS, CIFAR_RESULT_FIELDS, PAIRED_COLUMNS, PRESETS, RESULT_FIELDS, TABLES, TARGETS, build_table, get_budget,
-                                   get_preset, paired_difference, published, ensure_run, read_result, result_path, run, run_name, table_markdown,
+                                   get_preset, get_table, paired_difference, published, ensure_run, read_result, result_path, run, run_name, table_markdown,
                                    write_table)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,3 +164,16 @@ def test_paired_difference_names_a_corrupt_results_file(tmp_path):
     (tmp_path / "static-diag__cpu__s0.json").write_text('{"mnist": "static", ')                 # half-written
     with pytest.raises(ValueError, match=r"static-diag__cpu__s0.json is not a valid results file"):
         paired_difference(tmp_path, "static-iaf-d2-w320__cpu__s0", "static-diag__cpu__s0")
+
+
+def test_a_row_trained_across_sessions_names_every_commit(tmp_path):
+    result = json.loads((ROOT / "figures" / "tables" / "runs" / "static-diag__cpu__s0.json").read_text())
+    result.update(trained_commit="aaa", trained_commits=["aaa", "bbb", "ccc"], commit="ccc")
+    (tmp_path / "static-diag__cpu__s0.json").write_text(json.dumps(result))
+    table = build_table("table1", tmp_path)
+    row = table.dropna(subset=["vlb"]).iloc[0]
+    assert row.trained_commit == "aaa" and row.trained_commits == "aaa bbb ccc"
+    assert "| aaa +2 / ccc |" in get_table("table1").markdown(table, "t")
+    del result["trained_commits"]                                      # a file from before sessions were kept: one commit
+    (tmp_path / "static-diag__cpu__s0.json").write_text(json.dumps(result))
+    assert "| aaa / ccc |" in get_table("table1").markdown(build_table("table1", tmp_path), "t")
