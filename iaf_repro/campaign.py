@@ -143,10 +143,10 @@ def _host_cpu() -> str:
     try: return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration): return platform.processor() or platform.machine()
 
-CURVE_COLUMNS = ["epoch", "valid_vlb", "valid_recon", "valid_kl", "lr"]
+CURVE_COLUMNS = ["epoch", "valid_vlb", "valid_recon", "valid_kl", "lr", "flow_offdiag_ratio", "flow_jacobian_variation"]
 
 def read_curve(metrics_csv: Path) -> pd.DataFrame | None:
-    "The validation bound, its two terms and the learning rate per epoch from a run's metrics.csv (other columns ignored, missing terms NaN); None if unreadable."
+    "The validation bound, its two terms, the learning rate and (IAF runs) how much the flow depends on z per epoch from a run's metrics.csv (other columns ignored, missing terms NaN); None if unreadable."
     try: metrics = pd.read_csv(metrics_csv)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError): return None
     return metrics.reindex(columns=CURVE_COLUMNS) if {"epoch", "valid_vlb"} <= set(metrics.columns) else None
@@ -198,10 +198,10 @@ def learning_rate_cuts(curve: pd.DataFrame) -> pd.DataFrame:
     return curve[curve.lr < curve.lr.shift()]
 
 def plot_campaign_progress(curves: dict[str, pd.DataFrame], references: dict[str, float], baseline: str | None = None):
-    "Four panels per epoch: validation VLB (each run's reference dashed in its colour, its learning-rate cuts as triangles), each run's lead over `baseline`, reconstruction, KL."
+    "Six panels per epoch: validation VLB (each run's reference dashed in its colour, its learning-rate cuts as triangles), each run's lead over `baseline`, reconstruction, KL, and the flow's dependence on z (chapter 04 Eq. (17): r_off and v)."
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8), constrained_layout=True)
-    (vlb, lead), (recon, kl) = axes
+    fig, axes = plt.subplots(3, 2, figsize=(13, 12), constrained_layout=True)
+    (vlb, lead), (recon, kl), (offdiag, variation) = axes
     colours, leads = {name: f"C{i % 10}" for i, name in enumerate(curves)}, []
     for name, curve in curves.items():
         vlb.plot(curve.epoch, curve.valid_vlb, "o-", ms=2, lw=1.2, color=colours[name], label=name)
@@ -210,6 +210,9 @@ def plot_campaign_progress(curves: dict[str, pd.DataFrame], references: dict[str
         vlb.plot(cuts.epoch, cuts.valid_vlb, "v", ms=8, color=colours[name], mec="black")
         recon.plot(curve.epoch, curve.valid_recon, lw=1.2, color=colours[name])
         kl.plot(curve.epoch, curve.valid_kl, lw=1.2, color=colours[name])
+        if curve.flow_offdiag_ratio.notna().any():                        # IAF runs: does the flow depend on z?
+            offdiag.plot(curve.epoch, curve.flow_offdiag_ratio, lw=1.2, color=colours[name], label=name)
+            variation.plot(curve.epoch, curve.flow_jacobian_variation, lw=1.2, color=colours[name])
         if baseline in curves and name != baseline:
             ahead = validation_lead(curves, name, baseline)
             leads.append(ahead.lead)
@@ -226,6 +229,12 @@ def plot_campaign_progress(curves: dict[str, pd.DataFrame], references: dict[str
     lead.set(xlabel="epoch", ylabel="VLB minus the diagonal run's (nats)", title=f"Lead over {baseline or 'the diagonal run'}, same validation images")
     recon.set(xlabel="epoch", ylabel="E log p(x|z) (nats per image)", title="Reconstruction term, validation")
     kl.set(xlabel="epoch", ylabel="KL(q(z|x) || p(z)) (nats per image)", title="KL term, validation")
+    offdiag.set(xlabel="epoch", ylabel="r_off (0: an axis-aligned map)", ylim=(0, None),
+                title="Flow Jacobian, off-diagonal over diagonal (ch. 04 Eq. (17))")
+    variation.set(xlabel="epoch", ylabel="v (0: the same Jacobian for every z)", ylim=(0, None),
+                  title="Flow Jacobian, variation over samples of z (ch. 04 Eq. (17))")
+    if not offdiag.lines:
+        for ax in (offdiag, variation): ax.text(0.5, 0.5, "no IAF run with flow diagnostics", ha="center", transform=ax.transAxes)
     fig.suptitle("Campaign progress, per epoch")
     return fig
 
