@@ -231,3 +231,12 @@ def test_list_says_where_each_presets_weights_would_come_from(smoke):
     table = presets_overview("smoke", **smoke["where"]).set_index("preset")
     assert table.loc["static-diag", "weights"] == "run"                          # finished here, not released
     assert table.loc["dynamic-diag", "weights"] == "no" and table.loc["static-diag", "results"] == "yes"
+
+
+def test_every_pretrained_call_on_the_front_page_loads_its_released_weights():
+    import re
+    calls = re.findall(r'pretrained\("([\w-]+)", "(\w+)"\)', (ROOT / "README.md").read_text())
+    assert calls, "the README shows how to load a released model"
+    for preset, budget in calls:
+        model = pretrained(preset, budget, weights_dir=ROOT / "weights", results_dir=ROOT / "figures" / "tables" / "runs")
+        assert not model.training and sum(p.numel() for p in model.parameters()) > 0
