@@ -265,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 release.reproduce(args.budget, args.presets, device=args.device, out_dir=args.out / "tables", **plan)
                 draw_run_figures(args.budget, args.out)
+                if args.budget != "paper": draw_run_figures("paper", args.out)         # the converged rows, from their released weights
                 render_figures(None, args.out, args.quick, args.refit)
         elif args.command == "release":
             print("wrote", importlib.import_module("iaf_repro.release").release_weights(args.preset, args.budget, args.seed, args.runs,

@@ -166,6 +166,11 @@ def reproduction_plan(budget: str = "cpu", presets: list[str] | None = None, see
         kind, source = weights_source(name, budget, seed, runs_dir, results_dir, weights_dir)
         action = {"released": "reuse released weights", "run": "reuse finished run", "none": "not drawn", "error": "error"}[kind]
         rows.append(_row(run_name(name, budget, seed), "reconstructions, samples", action, source))
+    converged = [] if budget == "paper" else [n for t in TABLES.values() for n in t.presets if result_path(results_dir, n, "paper", seed).exists()]
+    for name in dict.fromkeys(converged):                                          # the converged rows: drawn too, never trained here
+        kind, source = weights_source(name, "paper", seed, runs_dir, results_dir, weights_dir)
+        action = {"released": "reuse released weights", "run": "reuse finished run", "none": "not drawn", "error": "error"}[kind]
+        rows.append(_row(run_name(name, "paper", seed), "converged row: reconstructions, samples", action, source))
     return pd.DataFrame(rows, columns=["model", "role", "action", "source"])
 
 def plan_text(plan: pd.DataFrame) -> str:

@@ -240,3 +240,17 @@ def test_every_pretrained_call_on_the_front_page_loads_its_released_weights():
     for preset, budget in calls:
         model = pretrained(preset, budget, weights_dir=ROOT / "weights", results_dir=ROOT / "figures" / "tables" / "runs")
         assert not model.training and sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_the_plan_draws_converged_rows_from_their_weights_and_never_trains_them(clone):
+    where = {k: clone[k] for k in ("runs_dir", "results_dir", "weights_dir")}
+    committed = json.loads(result_path(ROOT / "figures" / "tables" / "runs", "static-diag", "paper", 0).read_text())
+    (clone["results_dir"] / "static-diag__paper__s0.json").write_text(json.dumps(committed))
+    row = lambda plan: plan.set_index("model").loc["static-diag__paper__s0"]
+    unreleased = row(reproduction_plan("smoke", [PRESET], **where))
+    assert (unreleased.role, unreleased.action) == ("converged row: reconstructions, samples", "not drawn")
+    fake_release("static-diag", "paper", clone["weights_dir"], committed)
+    released = row(reproduction_plan("smoke", [PRESET], retrain=True, **where))                  # --retrain leaves it alone too
+    assert released.action == "reuse released weights" and released.source == str(released_path("static-diag", "paper", 0, clone["weights_dir"]))
+    own = reproduction_plan("paper", [PRESET], **where)                                            # at its own budget: the budget's row
+    assert not own.role.str.startswith("converged").any() and row(own).role == "reconstructions, samples"
