@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['STATUS_COLUMNS', 'CURVE_COLUMNS', 'FIT_COLUMNS', 'parse_duration', 'campaign', 'status', 'read_curve',
            'campaign_curves', 'validation_lead', 'diagonal_baseline', 'progress_summary', 'replication_vlb',
-           'learning_rate_cuts', 'plot_campaign_progress', 'write_campaign_status', 'training_fit', 'read_training_fit',
-           'write_training_fits']
+           'learning_rate_cuts', 'plot_campaign_progress', 'write_campaign_status', 'per_image_bound', 'training_fit',
+           'read_training_fit', 'write_training_fits']
 
 # %% ../nbs/09b_campaign.ipynb #e453aa09
 import json
@@ -18,17 +18,20 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
-from .utils import provenance, save_figure
+from .utils import provenance, save_figure, seeded, torch_threads
 from .experiments import PRESETS, get_budget, get_preset, published, resolve_runs_dir, result_path, run_name, trained_under, write_atomic
 from .data import load_mnist
-from .train import CheckpointError, StopRequests, TrainingInterrupted, load_ema_model, run_progress, validate
+from .train import (CheckpointError, StopRequests, TrainingInterrupted, bound_terms, load_checkpoint, load_ema_model, model_device,
+                             run_progress)
 
 # %% ../nbs/09b_campaign.ipynb #a5579eb3
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
@@ -194,8 +197,8 @@ def _focus(ax, values: pd.Series, low: float = 0.05, high: float = 1.0, margin: 
         ax.set_ylim(bottom - margin * (top - bottom) - pad, top + margin * (top - bottom) + pad)
 
 def learning_rate_cuts(curve: pd.DataFrame) -> pd.DataFrame:
-    "The epochs of `curve` that trained at a lower learning rate than the epoch before: the plateau schedule's cuts."
-    return curve[curve.lr < curve.lr.shift()]
+    "The epochs of `curve` that trained at a lower learning rate than the epoch before (by more than rounding): the plateau schedule's cuts."
+    return curve[curve.lr < 0.99 * curve.lr.shift()]
 
 def plot_campaign_progress(curves: dict[str, pd.DataFrame], references: dict[str, float], baseline: str | None = None):
     "Six panels per epoch: validation VLB (each run's reference dashed in its colour, its learning-rate cuts as triangles), each run's lead over `baseline`, reconstruction, KL, and the flow's dependence on z (chapter 04 Eq. (17): r_off and v)."
@@ -254,32 +257,53 @@ def write_campaign_status(runs_dir: Path | None = None, results_dir: Path = Path
 
 # %% ../nbs/09b_campaign.ipynb #1646bdd2
 FIT_COLUMNS = ["weights", "epoch", "train_vlb", "train_recon", "train_kl", "valid_vlb", "valid_recon", "valid_kl", "train_minus_valid",
-               "train_images", "valid_images"]
+               "train_vlb_change_se", "valid_vlb_change_se", "train_images", "valid_images"]
+
+def per_image_bound(model, images: torch.Tensor, batch_size: int = 100, seed: int = 0) -> torch.Tensor:
+    "Each image's VLB, reconstruction and KL, one posterior sample with the fixed noise of chapter 07's `validate` (their mean is its result): `[N, ...] -> [N, 3]` on the CPU."
+    if len(images) == 0: raise ValueError("no images to score")
+    device = model_device(model)
+    with seeded(seed), torch.inference_mode():
+        return torch.cat([torch.stack(bound_terms(model(x.to(device), 1)), 1).cpu() for x in images.split(batch_size)])
+
+def _snapshot_scores(model, run_dir: Path, images: dict, seed: int) -> tuple[dict, dict]:
+    "Copy the run's two weight files, then score both averages on `images`: ({best, last} -> epoch, {best, last} -> {split: [N, 3]}); best == last is scored once."
+    with tempfile.TemporaryDirectory() as snapshot:              # a run that trains meanwhile cannot mix one epoch's label with another's weights
+        snapshot = Path(snapshot)
+        for name in ("checkpoint.pt", "best.pt"):
+            if not (Path(run_dir) / name).exists():
+                raise FileNotFoundError(f"{run_dir} has no {name}: no epoch has finished yet, so there is nothing to score")
+            shutil.copyfile(Path(run_dir) / name, snapshot / name)
+        epochs = dict(best=load_checkpoint(snapshot / "best.pt")["epoch"], last=run_progress(snapshot)["epoch"])
+        score = lambda which: {split: per_image_bound(load_ema_model(model, snapshot, which), x, seed=seed) for split, x in images.items()}
+        best = score("best")
+        return epochs, dict(best=best, last=best if epochs["last"] == epochs["best"] else score("last"))
 
 def training_fit(model, run_dir: Path, data, train_images: int = 10_000, seed: int = 0) -> pd.DataFrame:
-    "The averaged weights of the run's best epoch and of its last (rows `best`, `last`), each scored by chapter 07's `validate` (Eq. (2)) on the first `train_images` training images and on the validation images; `train_minus_valid` is the gap between the two bounds."
-    progress = run_progress(run_dir)
-    if progress is None: raise FileNotFoundError(f"{run_dir} has no checkpoint.pt: no epoch has finished yet, so there is nothing to score")
+    "The averaged weights of the run's best epoch and of its last (rows `best`, `last`), each scored on the first `train_images` training images and on the validation images (Eq. (2)); `train_minus_valid` is the gap between the two bounds; the `last` row's `*_change_se` are the standard errors of last − best, paired image by image."
     if data.dynamic: raise ValueError(f"{data.name}'s training images are binarized anew every epoch: score a run on fixed binary images")
+    epochs, scores = _snapshot_scores(model, run_dir, dict(train=data.train[:train_images], valid=data.valid), seed)
+    change_se = lambda split: ((scores["last"][split][:, 0] - scores["best"][split][:, 0]).std() / math.sqrt(len(scores["best"][split]))).item()
     rows = []
-    for which, epoch in (("best", progress["best_epoch"]), ("last", progress["epoch"])):
-        averaged = load_ema_model(model, run_dir, which)
-        train = validate(averaged, data.train[:train_images], seed=seed).tolist()
-        valid = validate(averaged, data.valid, seed=seed).tolist()
-        rows.append(dict(weights=which, epoch=epoch, **dict(zip(FIT_COLUMNS[2:5], train)), **dict(zip(FIT_COLUMNS[5:8], valid)),
-                         train_minus_valid=train[0] - valid[0], train_images=len(data.train[:train_images]), valid_images=len(data.valid)))
+    for which in ("best", "last"):
+        train, valid = (scores[which][split].mean(0).tolist() for split in ("train", "valid"))
+        last = which == "last"
+        rows.append(dict(weights=which, epoch=epochs[which], **dict(zip(FIT_COLUMNS[2:5], train)), **dict(zip(FIT_COLUMNS[5:8], valid)),
+                         train_minus_valid=train[0] - valid[0], train_vlb_change_se=change_se("train") if last else math.nan,
+                         valid_vlb_change_se=change_se("valid") if last else math.nan,
+                         train_images=len(scores[which]["train"]), valid_images=len(scores[which]["valid"])))
     return pd.DataFrame(rows, columns=FIT_COLUMNS)
 
 # %% ../nbs/09b_campaign.ipynb #d1dd1258
 def read_training_fit(path: Path) -> pd.DataFrame | None:
-    "A `<run>.fit.csv` that `write_training_fits` wrote, or None if missing or unreadable."
+    "A `<run>.fit.csv` that `write_training_fits` wrote, or None if missing, unreadable or of an older layout."
     try: fit = pd.read_csv(path)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError): return None
     return fit if list(fit.columns) == FIT_COLUMNS and fit.weights.tolist() == ["best", "last"] else None
 
 def write_training_fits(runs_dir: Path | None = None, out_dir: Path = Path("figures"), train_images: int = 10_000,
                         data=None, budget: str | None = None) -> list[Path]:
-    "`training_fit` of every static-MNIST run (of `budget`, if given) with a checkpoint in `runs_dir`, each to `<out_dir>/tables/campaign/<run>.fit.csv`; runs whose best and last epochs match their file's are skipped. `data`: static MNIST (default: loaded)."
+    "`training_fit` of every static-MNIST run (of `budget`, if given) with a checkpoint in `runs_dir`, on one thread, each to `<out_dir>/tables/campaign/<run>.fit.csv`; runs whose epochs and image count match their file's are skipped. `data`: static MNIST (default: loaded)."
     folder = Path(out_dir) / "tables" / "campaign"
     runs = [(f, PRESETS[p]) for f in _run_folders(runs_dir, budget) if (p := _parse_run_name(f.name)[0]) in PRESETS
             and PRESETS[p].dataset == "static" and (f / "checkpoint.pt").exists()]
@@ -288,9 +312,10 @@ def write_training_fits(runs_dir: Path | None = None, out_dir: Path = Path("figu
         path = folder / f"{run_dir.name}.fit.csv"
         try:
             progress, old = run_progress(run_dir), read_training_fit(path)
-            if old is not None and old.epoch.tolist() == [progress["best_epoch"], progress["epoch"]]: continue
+            if (old is not None and old.epoch.tolist() == [progress["best_epoch"], progress["epoch"]]
+                    and old.train_images.iloc[0] == train_images): continue
             data = data if data is not None else load_mnist("static")
-            fit = training_fit(preset.build_model(), run_dir, data, train_images)
+            with torch_threads(1): fit = training_fit(preset.build_model(), run_dir, data, train_images)
         except CheckpointError as e:                       # `status` names the broken run; the other runs are still scored
             print(f"skipped {run_dir.name}: {e}", file=sys.stderr)
             continue
