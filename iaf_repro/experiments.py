@@ -285,8 +285,14 @@ def _fmt(value, se=None) -> str:
 
 def _fmt_int(v) -> str: return "" if pd.isna(v) else str(int(v))
 
+def _trained_legend(df: pd.DataFrame) -> str:
+    "The note under a table that explains `+N` in its commit column, when a row has one."
+    several = df.trained_commits.dropna().astype(str).str.contains(" ").any() if "trained_commits" in df else False
+    return ("\n`+N` after a training commit: the run went on training under N more commits, resumed across sessions; "
+            "the table's csv lists them all.\n" if several else "")
+
 def _fmt_trained(r) -> str:
-    "The commit a row was trained under, or the first of several with how many more (a run resumed across sessions)."
+    "The commit a row was trained under, or the first of several with how many more (a run resumed across sessions on newer code)."
     more = len(str(r.trained_commits).split()) - 1 if isinstance(r.trained_commits, str) else 0
     return f"{r.trained_commit} +{more}" if more else str(r.trained_commit)
 
@@ -304,11 +310,11 @@ def table_markdown(df: pd.DataFrame, title: str) -> str:
                        + (f"{_fmt_int(r.epochs)} ({_fmt_int(r.best_epoch)}) | {_fmt_int(r.seed)} | {_fmt_int(r.is_samples)} | {_fmt_int(r.eval_images)} "
                           f"| {r.device}, {_fmt_int(r.threads)} | {r.train_seconds / 60:.0f} | {_fmt_trained(r)} / {r.commit}{' (dirty)' if r.dirty is True else ''} |"
                           if ran else "| | | | | | |"))
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n" + _trained_legend(df)
 
 CIFAR_COLUMNS = ["model", "preset", "bits_per_dim", "bits_per_dim_vlb", "published_bits_per_dim", "published_source", "budget", "status",
                  "epochs", "best_epoch", "seed", "world", "global_batch", "is_samples", "eval_images", "train_images", "device", "threads",
-                 "train_seconds", "eval_seconds", "trained_commit", "commit", "dirty"]
+                 "train_seconds", "eval_seconds", "trained_commit", "trained_commits", "commit", "dirty"]
 
 def cifar_table_markdown(df: pd.DataFrame, title: str) -> str:
     "Markdown for a CIFAR-10 table: ours (bits/dim from IS log p(x), and from the VLB) beside published, with provenance."
@@ -320,8 +326,8 @@ def cifar_table_markdown(df: pd.DataFrame, title: str) -> str:
             out.append(f"| {r.model} | {r.budget} | not yet run at this budget | | {pub} | {r.published_source} | | | | | | |")
             continue
         out.append(f"| {r.model} | {r.budget} | {r.bits_per_dim:.3f} | {r.bits_per_dim_vlb:.3f} | {pub} | {r.published_source} | {int(r.epochs)} ({int(r.best_epoch)}) "
-                   f"| {int(r.is_samples)} | {int(r.eval_images)} | {r.device}, {int(r.threads)} | {r.train_seconds / 60:.0f} | {r.trained_commit} / {r.commit}{' (dirty)' if r.dirty is True else ''} |")
-    return "\n".join(out) + "\n"
+                   f"| {int(r.is_samples)} | {int(r.eval_images)} | {r.device}, {int(r.threads)} | {r.train_seconds / 60:.0f} | {_fmt_trained(r)} / {r.commit}{' (dirty)' if r.dirty is True else ''} |")
+    return "\n".join(out) + "\n" + _trained_legend(df)
 
 # %% ../nbs/09_experiments.ipynb #4fe296c6
 @dataclass(frozen=True)

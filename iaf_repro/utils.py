@@ -82,20 +82,22 @@ def save_atomic(obj, path: Path) -> None:
     finally:
         tmp.unlink(missing_ok=True)
 
-def load_saved(path: Path, fmt: str, what: str, kind: str, fix: str, error: type[Exception] = ValueError, device="cpu") -> dict:
-    "The dict of `format` `fmt` that `save_atomic` wrote to `path`, read onto `device` with `weights_only=True` (no pickled code runs); else `error`, naming the file, why (unreadable: not a readable `what`; another dict: not `kind`) and `fix`."
+def load_saved(path: Path, fmt: str, name: str, expected: str, fix: str, error: type[Exception] = ValueError, device="cpu") -> dict:
+    "The dict of `format` `fmt` that `save_atomic` wrote to `path` (a `name`, such as 'checkpoint'), read onto `device` with `weights_only=True` (no pickled code runs). Else `error`, naming the file, what is wrong (missing, unreadable, or not `expected`, such as 'an iaf-repro training checkpoint') and `fix`."
+    path = Path(path)
+    if not path.is_file(): raise error(f"no {name} at {path}; {fix}")
     try: record = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
         reason = (str(e).strip().splitlines() or [""])[0][:200]
-        raise error(f"{path} is not a readable {what} (truncated, corrupt or not a PyTorch file: {type(e).__name__}: {reason}); {fix}") from e
+        raise error(f"{path} is not a readable {name} (truncated, corrupt or not a PyTorch file: {type(e).__name__}: {reason}); {fix}") from e
     if not isinstance(record, dict) or record.get("format") != fmt:
-        raise error(f"{path} is a PyTorch file but not {kind} (expected format {fmt!r}); {fix}")
+        raise error(f"{path} is a PyTorch file but not {expected} (expected format {fmt!r}); {fix}")
     return record
 
 def _read_fit(path: Path) -> dict:
     "A saved fit's record, or a ValueError that names the file and the fix."
     fix = "delete it, or fit again with refit=True (`iaf-repro figures CHAPTER --refit`)"
-    record = load_saved(path, FIT_FORMAT, "saved fit", "an iaf-repro saved fit", fix)
+    record = load_saved(path, FIT_FORMAT, "saved fit", "an iaf-repro saved fit", fix)                 # name, what it should be
     if not {"settings", "provenance", "fit"} <= set(record): raise ValueError(f"{path} is a saved fit without its settings, provenance or fit; {fix}")
     return record
 

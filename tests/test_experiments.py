@@ -173,7 +173,9 @@ def test_a_row_trained_across_sessions_names_every_commit(tmp_path):
     table = build_table("table1", tmp_path)
     row = table.dropna(subset=["vlb"]).iloc[0]
     assert row.trained_commit == "aaa" and row.trained_commits == "aaa bbb ccc"
-    assert "| aaa +2 / ccc |" in get_table("table1").markdown(table, "t")
+    markdown = get_table("table1").markdown(table, "t")
+    assert "| aaa +2 / ccc |" in markdown and "N more commits" in markdown                     # and the note that says what +2 means
     del result["trained_commits"]                                      # a file from before sessions were kept: one commit
     (tmp_path / "static-diag__cpu__s0.json").write_text(json.dumps(result))
-    assert "| aaa / ccc |" in get_table("table1").markdown(build_table("table1", tmp_path), "t")
+    markdown = get_table("table1").markdown(build_table("table1", tmp_path), "t")
+    assert "| aaa / ccc |" in markdown and "N more commits" not in markdown
