@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['STATUS_COLUMNS', 'CURVE_COLUMNS', 'FIT_COLUMNS', 'parse_duration', 'campaign', 'status', 'read_curve',
-           'campaign_curves', 'validation_lead', 'diagonal_baseline', 'progress_summary', 'replication_vlb',
-           'learning_rate_cuts', 'plot_campaign_progress', 'write_campaign_status', 'per_image_bound', 'training_fit',
-           'read_training_fit', 'write_training_fits']
+           'campaign_curves', 'validation_lead', 'diagonal_baseline', 'progress_summary', 'lead_text',
+           'replication_vlb', 'learning_rate_cuts', 'plot_campaign_progress', 'write_campaign_status',
+           'per_image_bound', 'training_fit', 'read_training_fit', 'write_training_fits']
 
 # %% ../nbs/09b_campaign.ipynb #e453aa09
 import json
@@ -179,6 +179,12 @@ def progress_summary(curves: dict[str, pd.DataFrame]) -> pd.DataFrame:
                          best_over_diagonal_best=None if lead is None else best.valid_vlb - curves[base].valid_vlb.max()))
     table = pd.DataFrame(rows, columns=["run", "epochs", "best_valid_vlb", "best_epoch", "lead_over_diagonal", "at_epoch", "best_over_diagonal_best"])
     return table.astype({"lead_over_diagonal": float, "at_epoch": "Int64", "best_over_diagonal_best": float})
+
+def lead_text(r) -> str:
+    "One run's leads from a `progress_summary` row, in words: at the last epoch both runs trained, and best bound against best."
+    above = lambda nats: f"{abs(nats):.2f} nats {'above' if nats > 0 else 'below'}"
+    return (f"`{r.run}` is {above(r.lead_over_diagonal)} the diagonal run at epoch {r.at_epoch}, and its best bound so far "
+            f"(epoch {r.best_epoch}) {above(r.best_over_diagonal_best)} the diagonal run's best")
 
 def replication_vlb(preset: str) -> float:
     "The replication's converged test VLB for a static-MNIST table preset (tables replication-T1/T2 of targets.csv); NaN for others."
