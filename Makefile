@@ -27,10 +27,13 @@ setup: $(STAMP)
 
 # RETRAIN=1: train the default rows and figure models again from scratch (iaf-repro reproduce --retrain).
 # REFIT=1: fit the chapters' own figure fits again instead of drawing them from figures/fits (iaf-repro reproduce --refit).
+# THREADS=1: torch threads of the training; UNTIL=2h30m: stop at an epoch boundary after that long (the same command resumes).
 RETRAIN ?=
 REFIT ?=
+THREADS ?=
+UNTIL ?=
 reproduce: setup
-	$(BIN)/iaf-repro reproduce $(if $(RETRAIN),--retrain) $(if $(REFIT),--refit)
+	$(BIN)/iaf-repro reproduce $(if $(RETRAIN),--retrain) $(if $(REFIT),--refit) $(if $(THREADS),--threads $(THREADS)) $(if $(UNTIL),--until $(UNTIL))
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash tools/check_notebooks.sh

@@ -157,6 +157,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda")
     rep.add_argument("--retrain", action="store_true", help="train the default rows and figure models again from scratch, "
                      "into <runs>-retrain; rewrites their results files and released weights")
+    rep.add_argument("--threads", type=int, default=None, help="torch threads for training (default: torch's choice)")
+    rep.add_argument("--until", default=None, help="a duration such as 2h30m: start no epoch that would end after it; reproduce then "
+                     "exits with status 3, and the same command resumes where it stopped")
     rep.add_argument("--dry-run", action="store_true", help="print the plan (what is reused, what is trained, and why) and stop")
     fig = sub.add_parser("figures", help="the figures of some chapters")
     fig.add_argument("chapters", nargs="*", help=f"chapter names (default: all): {', '.join(CHAPTERS)}")
@@ -212,10 +215,14 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--out", type=Path, default=Path("figures"), help="output folder: <out>/tables/bench.csv, <out>/bench_throughput.png")
     return p
 
+def _deadline(until: str | None) -> float | None:
+    "The `time.time()` at which `--until` (a duration such as 2h30m) ends, or None without one."
+    return time.time() + importlib.import_module("iaf_repro.campaign").parse_duration(until) if until else None
+
 def _train(args) -> dict:
     "The `train` command: one run, with its threads and deadline; its results."
     experiments = importlib.import_module("iaf_repro.experiments")
-    deadline = time.time() + importlib.import_module("iaf_repro.campaign").parse_duration(args.until) if args.until else None
+    deadline = _deadline(args.until)
     if args.threads: importlib.import_module("torch").set_num_threads(args.threads)
     where = dict(device=args.device, runs_dir=experiments.resolve_runs_dir(args.runs), results_dir=args.results)
     return experiments.run(args.preset, args.budget, args.seed, deadline=deadline, **where)
@@ -263,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             plan = dict(retrain=args.retrain, quick=args.quick, results_dir=args.out / "tables" / "runs")
             if args.dry_run: print(release.plan_text(release.reproduction_plan(args.budget, args.presets, **plan)))
             else:
-                release.reproduce(args.budget, args.presets, device=args.device, out_dir=args.out / "tables", **plan)
+                release.reproduce(args.budget, args.presets, device=args.device, out_dir=args.out / "tables", threads=args.threads,
+                                  deadline=_deadline(args.until), **plan)
                 draw_run_figures(args.budget, args.out)
                 if args.budget != "paper": draw_run_figures("paper", args.out)         # the converged rows, from their released weights
                 render_figures(None, args.out, args.quick, args.refit)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .train import load_checkpoint, run_progress, save_checkpoint, training_finished
-from .utils import load_saved
+from .utils import load_saved, torch_threads
 from .experiments import (DEFAULT_PRESETS, FIGURE_PRESETS, TABLES, get_budget, get_preset, read_result, resolve_runs_dir,
                                    result_path, run, run_name, trained_model, trained_under, write_tables)
 
@@ -141,6 +141,15 @@ def _row(model: str, role: str, action: str, source: str) -> dict: return dict(m
 
 DRAW_ACTIONS = {"released": "reuse released weights", "run": "reuse finished run", "none": "not drawn", "error": "error"}   # weights_source -> plan
 
+def _retraining_row(name: str, budget: str, seed: int, role: str, runs_dir: Path | None, results_dir: Path) -> dict:
+    "The plan's row for a model `--retrain` trains: done when an earlier `--retrain` finished its run and the results file describes that run; else train, resuming a run it began."
+    run_dir = retrain_runs_dir(runs_dir) / run_name(name, budget, seed)
+    results = result_path(results_dir, name, budget, seed)
+    if training_finished(run_dir) and results.exists() and not identity_mismatch(run_identity(run_dir), read_result(results)):
+        return _row(run_name(name, budget, seed), role, "reuse retrained run", str(run_dir))
+    resuming = f", resuming the run an earlier --retrain began" if run_dir.exists() else ""
+    return _row(run_name(name, budget, seed), role, "train", f"--retrain: from scratch into {run_dir.parent}{resuming}")
+
 def _drawing_row(name: str, budget: str, seed: int, role: str, where: dict) -> dict:
     "The plan's row for drawing a model that has results: from its released weights, its finished run, or not at all."
     kind, source = weights_source(name, budget, seed, **where)
@@ -148,21 +157,20 @@ def _drawing_row(name: str, budget: str, seed: int, role: str, where: dict) -> d
 
 def reproduction_plan(budget: str = "cpu", presets: list[str] | None = None, seed: int = 0, retrain: bool = False, quick: bool = False,
                       runs_dir: Path | None = None, results_dir: Path = Path("figures/tables/runs"), weights_dir: Path = WEIGHTS_DIR) -> pd.DataFrame:
-    "One row per model `reproduce` needs: its run, what for, and the action (reuse results, reuse released weights, reuse finished run, train, not drawn, error) with its file or reason."
+    "One row per model `reproduce` needs: its run, what for, and the action (reuse results, reuse released weights, reuse finished run, reuse retrained run, train, draw, not drawn, error) with its file or reason."
     get_budget(budget)
     presets = [get_preset(name).name for name in (presets or DEFAULT_PRESETS)]     # every name checked before hours of training
-    fresh = f"--retrain: from scratch into {retrain_runs_dir(runs_dir)}"
     where = dict(runs_dir=runs_dir, results_dir=results_dir, weights_dir=weights_dir)
     rows = []
     for name in presets:                                                           # the table rows need their results files
         results = result_path(results_dir, name, budget, seed)
         role = "table row: " + (", ".join(t for t, table in TABLES.items() if name in table.presets) or "no table")
-        if retrain: rows.append(_row(run_name(name, budget, seed), role, "train", fresh))
+        if retrain: rows.append(_retraining_row(name, budget, seed, role, runs_dir, results_dir))
         elif results.exists(): rows.append(_row(run_name(name, budget, seed), role, "reuse results", str(results)))
         else: rows.append(_row(run_name(name, budget, seed), role, "train", f"no results file {results}"))
     for name, role in FIGURE_MODELS.items():                                       # the figures' models need their weights (at `cpu`)
         if quick: rows.append(_row(run_name(name, "smoke", seed), role, "train", "--quick: a smoke run, by the chapter, in a temporary folder")); continue
-        if retrain: rows.append(_row(run_name(name, "cpu", seed), role, "train", fresh)); continue
+        if retrain: rows.append(_retraining_row(name, "cpu", seed, role, runs_dir, results_dir)); continue
         kind, source = weights_source(name, "cpu", seed, runs_dir, results_dir, weights_dir)
         rows.append(_row(run_name(name, "cpu", seed), role, {**DRAW_ACTIONS, "none": "train"}[kind], source))   # a figure needs its model
     with_results = [n for t in TABLES.values() for n in t.presets if result_path(results_dir, n, budget, seed).exists()]
@@ -179,8 +187,8 @@ def reproduction_plan(budget: str = "cpu", presets: list[str] | None = None, see
 def plan_text(plan: pd.DataFrame) -> str:
     "The plan as `reproduce` prints it: a table, a count of what trains, and the chapters' own fits."
     counts = plan.action.value_counts()
-    tally = ", ".join(f"{a} {counts[a]}" for a in ("train", "reuse results", "reuse released weights", "reuse finished run", "draw",
-                                                       "not drawn", "error") if a in counts)
+    tally = ", ".join(f"{a} {counts[a]}" for a in ("train", "reuse results", "reuse released weights", "reuse finished run",
+                                                       "reuse retrained run", "draw", "not drawn", "error") if a in counts)
     return plan.to_string(index=False) + f"\nplan: {tally}.\nAlso: {CHAPTER_FITS}."
 
 # %% ../nbs/09c_release.ipynb #61b464b8
@@ -202,17 +210,22 @@ def released_or_trained(preset: str, budget: str = "cpu", seed: int = 0, device:
 # %% ../nbs/09c_release.ipynb #e8ca70dd
 def reproduce(budget: str = "cpu", presets: list[str] | None = None, seed: int = 0, device: str = "auto",
               runs_dir: Path | None = None, results_dir: Path = Path("figures/tables/runs"), out_dir: Path = Path("figures/tables"),
-              weights_dir: Path = WEIGHTS_DIR, retrain: bool = False, quick: bool = False, runner=None) -> dict[str, pd.DataFrame]:
-    "Print the plan, train what it marks `train` (from scratch with `retrain`), release the small models retrained, then write every table. `runner`: the training function, chapter 09's `run` by default."
+              weights_dir: Path = WEIGHTS_DIR, retrain: bool = False, quick: bool = False, threads: int | None = None,
+              deadline: float | None = None, runner=None) -> dict[str, pd.DataFrame]:
+    "Print the plan, train what it marks `train` (from scratch with `retrain`; `threads` torch threads; stopping at `deadline`, a `time.time()`, with chapter 07's `TrainingInterrupted`), release the small models retrained, then write every table. `runner`: the training function, chapter 09's `run` by default."
     plan = reproduction_plan(budget, presets, seed, retrain, quick, runs_dir, results_dir, weights_dir)
     print(plan_text(plan))
     if (plan.action == "error").any(): raise ValueError("the plan has errors (above): " + "; ".join(plan[plan.action == "error"].source))
     todo = plan[(plan.action == "train") & ~plan.source.str.startswith("--quick")]   # --quick: the chapters train smoke runs themselves
     train_dir = retrain_runs_dir(runs_dir) if retrain else resolve_runs_dir(runs_dir)
-    for i, r in enumerate(todo.itertuples(), 1):
+    release = lambda preset, b: print(f"released {release_weights(preset, b, seed, train_dir, results_dir, weights_dir)}")
+    for r in plan[plan.action == "reuse retrained run"].itertuples():             # an earlier --retrain may have stopped before releasing it
         preset, b, _ = r.model.split("__")
-        print(f"model {i} of {len(todo)}: training {r.model} ({r.source})", flush=True)
-        (runner or run)(preset, b, seed, device=device, runs_dir=train_dir, results_dir=results_dir)
-        if preset in RELEASE_PRESETS and (retrain or released_path(preset, b, seed, weights_dir).exists()):
-            print(f"released {release_weights(preset, b, seed, train_dir, results_dir, weights_dir)}")
+        if preset in RELEASE_PRESETS and weights_source(preset, b, seed, train_dir, results_dir, weights_dir)[0] != "released": release(preset, b)
+    with torch_threads(threads):
+        for i, r in enumerate(todo.itertuples(), 1):
+            preset, b, _ = r.model.split("__")
+            print(f"model {i} of {len(todo)}: training {r.model} ({r.source})", flush=True)
+            (runner or run)(preset, b, seed, device=device, runs_dir=train_dir, results_dir=results_dir, deadline=deadline)
+            if preset in RELEASE_PRESETS and (retrain or released_path(preset, b, seed, weights_dir).exists()): release(preset, b)
     return write_tables(None, results_dir, out_dir)

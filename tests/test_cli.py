@@ -76,3 +76,18 @@ def test_list_shows_every_preset_with_its_table_and_what_exists(tmp_path, capsys
     lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
     assert lines["static-diag"][2] == "table1" and lines["static-diag"][-2:] == ["yes", "no"]   # committed results, no weights here
     assert lines["dynamic-diag"][-2:] == ["no", "no"] and lines["cifar-simple-diag"][1] == "CIFAR-10"
+
+
+def test_reproduce_passes_its_threads_and_deadline_and_exits_3_when_stopped(tmp_path, monkeypatch, capsys):
+    "`reproduce --threads 1 --until 2h` hands both to chapter 09c's `reproduce`; stopped at the deadline, it exits 3 (resumable) and draws nothing."
+    import time
+    from iaf_repro import release
+    from iaf_repro.train import TrainingInterrupted
+    seen = {}
+    def stopped(*args, **kw):
+        seen.update(kw, now=time.time())
+        raise TrainingInterrupted("deadline", tmp_path / "runs" / "x", 3)
+    monkeypatch.setattr(release, "reproduce", stopped)
+    assert main(["reproduce", "--retrain", "--threads", "1", "--until", "2h", "--out", str(tmp_path / "figures")]) == 3
+    assert seen["threads"] == 1 and seen["retrain"] and abs(seen["deadline"] - seen["now"] - 7200) < 60
+    assert not (tmp_path / "figures").exists()

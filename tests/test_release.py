@@ -254,3 +254,21 @@ def test_the_plan_draws_converged_rows_from_their_weights_and_never_trains_them(
     assert released.action == "reuse released weights" and released.source == str(released_path("static-diag", "paper", 0, clone["weights_dir"]))
     own = reproduction_plan("paper", [PRESET], **where)                                            # at its own budget: the budget's row
     assert not own.role.str.startswith("converged").any() and row(own).role == "reconstructions, samples"
+
+
+def test_retrain_again_reuses_what_it_finished_and_resumes_the_rest(clone, monkeypatch):
+    "An interrupted --retrain, run again: a model it finished (run done, results file describing it) is released, not trained or evaluated again; the rest train, with the threads and deadline given."
+    where = {k: clone[k] for k in ("runs_dir", "results_dir", "weights_dir")}
+    retrain_dir = retrain_runs_dir(clone["runs_dir"])
+    shutil.copytree(clone["runs_dir"] / run_name(PRESET, "smoke", 0), retrain_dir / run_name(PRESET, "smoke", 0))   # finished earlier
+    (retrain_dir / run_name("thresholded-diag", "cpu", 0)).mkdir(parents=True)                                  # begun, never finished
+    plan = reproduction_plan("smoke", [PRESET], retrain=True, **where).set_index(["model", "role"])
+    assert plan.loc[(run_name(PRESET, "smoke", 0), "table row: no table")].tolist() == ["reuse retrained run", str(retrain_dir / run_name(PRESET, "smoke", 0))]
+    assert plan.loc[(run_name("thresholded-diag", "cpu", 0), "chapter 14 figure"), "source"].endswith("resuming the run an earlier --retrain began")
+    released, trained = [], []
+    monkeypatch.setattr(release, "release_weights", lambda *a: released.append(a[:2]) or Path("weights/x.pt"))
+    runner = lambda p, b, s, **w: trained.append((p, torch.get_num_threads(), w["deadline"]))
+    threads = 2 if torch.get_num_threads() == 1 else 1                                  # not the number already in effect
+    reproduce("smoke", [PRESET], retrain=True, threads=threads, deadline=1e12, out_dir=clone["tmp"] / "tables", runner=runner, **where)
+    assert [p for p, _, _ in trained] == list(FIGURE_MODELS) and {(t, d) for _, t, d in trained} == {(threads, 1e12)}
+    assert released == [(PRESET, "smoke"), *[(p, "cpu") for p in FIGURE_MODELS]]       # the finished one released, never retrained

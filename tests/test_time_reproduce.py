@@ -28,3 +28,42 @@ def test_it_times_only_a_commit(monkeypatch, tmp_path):
     with pytest.raises(SystemExit, match="commit first"):
         timer.time_reproduce(tmp_path / "clone", [])
     assert not (tmp_path / "clone").exists()
+
+
+def test_the_command_is_named_without_its_deadline():
+    assert timer.command_name(["--retrain", "--threads", "1", "--until", "2h30m"]) == "make reproduce --retrain --threads 1"
+    assert timer.command_name(["--until=90m"]) == "make reproduce"
+
+
+def test_an_older_table_gains_the_sittings_column(tmp_path):
+    table = tmp_path / "reproduce_times.csv"
+    old = {k: v for k, v in row(80.7).items()}
+    with open(table, "w", newline="") as f:                                       # written before sittings were counted
+        writer = csv.DictWriter(f, fieldnames=list(old)); writer.writeheader(); writer.writerow(old)
+    timer.record(dict(row(9000.0), sittings=3), table)
+    rows = list(csv.DictReader(open(table)))
+    assert list(rows[0]) == timer.FIELDS and [(r["seconds"], r["sittings"]) for r in rows] == [("80.7", "1"), ("9000.0", "3")]
+
+
+def test_a_reproduction_in_sittings_records_their_sum_once_it_finishes(monkeypatch, tmp_path):
+    import subprocess
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for args in (["init", "-q"], ["-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "--allow-empty", "-m", "x"]):
+        subprocess.run(["git", *args], cwd=clone, check=True)                      # the clone an earlier sitting made
+    outcomes = iter([(3, 3600.0), (3, 3000.5), (0, 1200.0)])                        # stopped, stopped, finished
+    def sitting(clone, extra):
+        status, seconds = next(outcomes)
+        return (dict(date="2026-12-05", seconds=seconds, status=status, load_before=1.0, load_after=2.0),
+                subprocess.CompletedProcess([], status, stdout="plan: train 9, draw 3.\n", stderr=""))
+    monkeypatch.setattr(timer, "sit", sitting)
+    extra = ["--retrain", "--until", "2h"]
+    assert timer.time_reproduce(clone, extra) is None and timer.time_reproduce(clone, extra) is None
+    done = timer.time_reproduce(clone, extra)
+    assert (done["seconds"], done["sittings"], done["command"], done["plan"]) == (7800.5, 3, "make reproduce --retrain", "train 9, draw 3")
+    assert len(list(csv.DictReader(open(tmp_path / "sittings.csv")))) == 3
+
+
+def test_a_deadline_needs_a_folder_to_resume_in():
+    with pytest.raises(SystemExit, match="give --keep a folder"):
+        timer.main(["--retrain", "--until", "2h"])

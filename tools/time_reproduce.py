@@ -2,13 +2,22 @@
 
     python tools/time_reproduce.py                 # clone HEAD into a temporary folder, reproduce there, time it
     python tools/time_reproduce.py --keep /tmp/c   # the same, keeping the clone to look at
+    python tools/time_reproduce.py --keep ~/.cache/iaf_repro/retrain-timing --retrain --threads 1 --until 2h30m
+                                                   # hours of retraining, in sittings: each stops at --until, and the
+                                                   # same command in a later session resumes the clone it made
 
-It runs what `make reproduce` runs once the environment is set up (`iaf-repro reproduce`), with this checkout's
-Python, the clone's package first on the path, and an empty runs folder, so nothing trained earlier on this
-machine is reused: only what a fresh clone has (the committed results files, released weights and saved fits).
-It records the wall time, whether the clone's `git status` stayed clean (and which files changed), the machine,
-its load before and after, and the commit; the front page renders its last row. Setting up the environment
-(`make setup`: a virtual environment and pip installs) is not part of the time.
+It runs what `make reproduce` runs once the environment is set up (`iaf-repro reproduce`, with any further
+arguments), with this checkout's Python, the clone's package first on the path, and an empty runs folder, so
+nothing trained earlier on this machine is reused: only what a fresh clone has (the committed results files,
+released weights and saved fits). It records the wall time, whether the clone's `git status` stayed clean (and
+which files changed), the machine, its load before and after, and the commit; the front page renders the last
+row of each command. Setting up the environment (`make setup`: a virtual environment and pip installs) is not
+part of the time.
+
+A reproduction stopped by `--until` (exit status 3) is a *sitting*: its wall time is kept in `<keep>/sittings.csv`
+and nothing is recorded yet. Run the same command again and it resumes in the same clone (of the commit it was
+made from, whatever HEAD is now); when the reproduction finishes, the row records the sum of its sittings' times
+and their number. Time lost to an epoch cut short at a session's end is in that sum: it is what the retraining took.
 """
 from __future__ import annotations
 
@@ -24,7 +33,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "figures" / "tables" / "reproduce_times.csv"
-FIELDS = ["command", "seconds", "clean", "changed", "plan", "commit", "date", "cpu_model", "cpus", "load_before", "load_after"]
+FIELDS = ["command", "seconds", "clean", "changed", "plan", "commit", "date", "cpu_model", "cpus", "load_before", "load_after", "sittings"]
+SITTING_FIELDS = ["date", "seconds", "status", "load_before", "load_after"]
+STOPPED = 3                                            # iaf-repro's exit status when --until stopped it (resumable)
 
 
 def git(*args, cwd: Path = ROOT) -> str:
@@ -36,46 +47,93 @@ def cpu_model() -> str:
     except (OSError, StopIteration): return platform.processor() or platform.machine()
 
 
-def time_reproduce(clone: Path, extra: list[str]) -> dict:
-    "Clone HEAD into `clone`, run `iaf-repro reproduce` there with an empty runs folder, and return the row to record."
+def command_name(extra: list[str]) -> str:
+    "How the timings table names what was timed: `make reproduce` and its arguments, less `--until` (when to stop a sitting is not what ran)."
+    kept, skip = [], False
+    for arg in extra:
+        if skip: skip = False; continue
+        if arg == "--until": skip = True; continue
+        if not arg.startswith("--until="): kept.append(arg)
+    return " ".join(["make reproduce", *kept])
+
+
+def prepare_clone(clone: Path) -> bool:
+    "Clone HEAD into `clone`, or find the clone an earlier sitting made there; True when resuming."
+    if (clone / ".git").exists(): return True
+    if clone.exists(): raise SystemExit(f"{clone} exists but is not a clone: give --keep a new folder, or the one an earlier sitting used")
     if git("status", "--porcelain", "--untracked-files=no"): raise SystemExit("commit first: the clone is made from HEAD, not from the working tree")
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
+    return False
+
+
+def sit(clone: Path, extra: list[str]) -> tuple[dict, subprocess.CompletedProcess]:
+    "Run `iaf-repro reproduce` once in the clone, its runs folder beside it; the sitting's record, and the finished process."
     env = os.environ | {"PYTHONPATH": str(clone), "IAF_REPRO_RUNS": str(clone.parent / "runs")}
     env.setdefault("IAF_REPRO_DATA", str(ROOT.parent / "shared" / "data"))
     command = [sys.executable, "-m", "iaf_repro.cli", "reproduce", *extra]
     load_before, start = os.getloadavg()[0], time.perf_counter()
     run = subprocess.run(command, cwd=clone, env=env, capture_output=True, text=True)
-    seconds, load_after = time.perf_counter() - start, os.getloadavg()[0]
-    (clone.parent / "reproduce.log").write_text(run.stdout + run.stderr)
-    if run.returncode: raise SystemExit(f"reproduce failed ({run.returncode}); its log: {clone.parent / 'reproduce.log'}\n{run.stderr[-2000:]}")
-    status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True, check=True).stdout
-    changed = [line[3:] for line in status.splitlines()]                          # "XY path": git() would strip the first X
-    plan = next((l for l in run.stdout.splitlines() if l.startswith("plan: ")), "")
-    return dict(command="make reproduce" + (" " + " ".join(extra) if extra else ""), seconds=round(seconds, 1), clean=not changed,
-                changed=" ".join(changed), plan=plan.removeprefix("plan: ").rstrip("."), commit=git("rev-parse", "--short=12", "HEAD"),
-                date=time.strftime("%Y-%m-%d %H:%M:%S"), cpu_model=cpu_model(), cpus=os.cpu_count(),
-                load_before=round(load_before, 2), load_after=round(load_after, 2))
+    sitting = dict(date=time.strftime("%Y-%m-%d %H:%M:%S"), seconds=round(time.perf_counter() - start, 1), status=run.returncode,
+                   load_before=round(load_before, 2), load_after=round(os.getloadavg()[0], 2))
+    with open(clone.parent / "reproduce.log", "a") as log: log.write(run.stdout + run.stderr)
+    return sitting, run
+
+
+def append_csv(path: Path, fields: list[str], row: dict) -> None:
+    "Append `row` to a csv of `fields`, rewriting it under `fields` when it was written with fewer (an older header); a missing `sittings` is 1."
+    rows = list(csv.DictReader(open(path))) if path.exists() else []
+    if rows and list(rows[0]) != fields:
+        rows = [{k: r.get(k, 1 if k == "sittings" else "") for k in fields} for r in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows([*rows, row])
 
 
 def record(row: dict, table: Path = TABLE) -> None:
-    "Append `row` to the timings table, writing its header when the table is new."
-    new = not table.exists()
-    table.parent.mkdir(parents=True, exist_ok=True)
-    with open(table, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if new: writer.writeheader()
-        writer.writerow(row)
+    "Append `row` to the timings table."
+    append_csv(table, FIELDS, row)
+
+
+def finished_row(clone: Path, extra: list[str], sittings: list[dict], stdout: str) -> dict:
+    "The timings row of a reproduction that finished: its sittings' total time, the clone's `git status`, its plan and machine."
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True, check=True).stdout
+    changed = [line[3:] for line in status.splitlines()]                          # "XY path": git() would strip the first X
+    plan = next((l for l in stdout.splitlines() if l.startswith("plan: ")), "")
+    return dict(command=command_name(extra), seconds=round(sum(float(s["seconds"]) for s in sittings), 1), clean=not changed,
+                changed=" ".join(changed), plan=plan.removeprefix("plan: ").rstrip("."), commit=git("rev-parse", "--short=12", "HEAD", cwd=clone),
+                date=sittings[-1]["date"], cpu_model=cpu_model(), cpus=os.cpu_count(),
+                load_before=sittings[0]["load_before"], load_after=sittings[-1]["load_after"], sittings=len(sittings))
+
+
+def time_reproduce(clone: Path, extra: list[str]) -> dict | None:
+    "One sitting of `iaf-repro reproduce` in `clone` (made from HEAD, or resumed): the row to record once it finished, None when --until stopped it."
+    resuming = prepare_clone(clone)
+    print(("resuming in " if resuming else "cloned HEAD into ") + str(clone), flush=True)
+    sitting, run = sit(clone, extra)
+    if run.returncode not in (0, STOPPED):
+        raise SystemExit(f"reproduce failed ({run.returncode}); its log: {clone.parent / 'reproduce.log'}\n{run.stderr[-2000:]}")
+    append_csv(clone.parent / "sittings.csv", SITTING_FIELDS, sitting)
+    if run.returncode == STOPPED: return None
+    return finished_row(clone, extra, list(csv.DictReader(open(clone.parent / "sittings.csv"))), run.stdout)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--keep", type=Path, default=None, help="clone into this (new) folder and keep it (default: a temporary folder)")
+    ap.add_argument("--keep", type=Path, default=None, help="clone into this folder and keep it (default: a temporary folder); "
+                    "a folder an earlier sitting used is resumed")
     args, extra = ap.parse_known_args(argv)
+    if any(a == "--until" or a.startswith("--until=") for a in extra) and not args.keep:
+        raise SystemExit("--until stops a sitting to be resumed later: give --keep a folder to resume in")
     if args.keep:
-        args.keep.mkdir(parents=True)
+        args.keep.mkdir(parents=True, exist_ok=True)
         row = time_reproduce(args.keep / "clone", extra)
     else:
         with tempfile.TemporaryDirectory() as tmp: row = time_reproduce(Path(tmp) / "clone", extra)
+    if row is None:
+        print(f"stopped at --until; its time is kept in {args.keep / 'sittings.csv'}: run the same command again to resume")
+        return STOPPED
     record(row)
     print(row)
     return 0
