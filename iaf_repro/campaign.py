@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['STATUS_COLUMNS', 'CURVE_COLUMNS', 'FIT_COLUMNS', 'parse_duration', 'campaign', 'status', 'read_curve',
            'campaign_curves', 'validation_lead', 'diagonal_baseline', 'progress_summary', 'lead_text',
-           'replication_vlb', 'learning_rate_cuts', 'plot_campaign_progress', 'write_campaign_status',
-           'per_image_bound', 'training_fit', 'read_training_fit', 'write_training_fits']
+           'replication_vlb', 'learning_rate_cuts', 'plot_campaign_progress', 'write_campaign_status', 'training_fit',
+           'read_training_fit', 'write_training_fits']
 
 # %% ../nbs/09b_campaign.ipynb #e453aa09
 import json
@@ -27,10 +27,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .utils import provenance, save_figure, seeded, torch_threads
+from .utils import provenance, save_figure, torch_threads
 from .experiments import PRESETS, get_budget, get_preset, published, resolve_runs_dir, result_path, run_name, trained_under, write_atomic
 from .data import load_mnist
-from .train import (CheckpointError, StopRequests, TrainingInterrupted, bound_terms, load_checkpoint, load_ema_model, model_device,
+from .train import (CheckpointError, StopRequests, TrainingInterrupted, load_checkpoint, load_ema_model, per_image_bound,
                              run_progress)
 
 # %% ../nbs/09b_campaign.ipynb #a5579eb3
@@ -266,13 +266,6 @@ def write_campaign_status(runs_dir: Path | None = None, results_dir: Path = Path
 FIT_COLUMNS = ["weights", "epoch", "train_vlb", "train_recon", "train_kl", "valid_vlb", "valid_recon", "valid_kl", "train_minus_valid",
                "train_vlb_change_se", "valid_vlb_change_se", "train_images", "valid_images"]
 
-def per_image_bound(model, images: torch.Tensor, batch_size: int = 100, seed: int = 0) -> torch.Tensor:
-    "Each image's VLB, reconstruction and KL, one posterior sample with the fixed noise of chapter 07's `validate` (their mean is its result): `[N, ...] -> [N, 3]` on the CPU."
-    if len(images) == 0: raise ValueError("no images to score")
-    device = model_device(model)
-    with seeded(seed), torch.inference_mode():
-        return torch.cat([torch.stack(bound_terms(model(x.to(device), 1)), 1).cpu() for x in images.split(batch_size)])
-
 def _snapshot_scores(model, run_dir: Path, images: dict, seed: int) -> tuple[dict, dict]:
     "Copy the run's two weight files, then score both averages on `images`: ({best, last} -> epoch, {best, last} -> {split: [N, 3]}); best == last is scored once."
     with tempfile.TemporaryDirectory() as snapshot:              # a run that trains meanwhile cannot mix one epoch's label with another's weights
@@ -282,7 +275,7 @@ def _snapshot_scores(model, run_dir: Path, images: dict, seed: int) -> tuple[dic
                 raise FileNotFoundError(f"{run_dir} has no {name}: no epoch has finished yet, so there is nothing to score")
             shutil.copyfile(Path(run_dir) / name, snapshot / name)
         epochs = dict(best=load_checkpoint(snapshot / "best.pt")["epoch"], last=run_progress(snapshot)["epoch"])
-        score = lambda which: {split: per_image_bound(load_ema_model(model, snapshot, which), x, seed=seed) for split, x in images.items()}
+        score = lambda which: {split: per_image_bound(load_ema_model(model, snapshot, which), x, seed=seed).cpu() for split, x in images.items()}
         best = score("best")
         return epochs, dict(best=best, last=best if epochs["last"] == epochs["best"] else score("last"))
 

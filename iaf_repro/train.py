@@ -5,9 +5,10 @@
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'FLOW_DIAGNOSTIC_IMAGES', 'METRIC_COLUMNS', 'bound_terms', 'free_bits_objective', 'ema_update',
            'copy_buffers', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'TrainConfig', 'model_device',
-           'validate', 'train_epoch', 'NonFiniteLossError', 'RunState', 'flow_diagnostics', 'resolve_device',
-           'Collective', 'SingleProcess', 'TrainingInterrupted', 'StopRequests', 'being_trained', 'train',
-           'load_ema_model', 'run_progress', 'training_finished', 'ema_vs_raw', 'plot_ema_vs_raw', 'make_figures']
+           'per_image_bound', 'validate', 'train_epoch', 'NonFiniteLossError', 'RunState', 'flow_diagnostics',
+           'resolve_device', 'Collective', 'SingleProcess', 'TrainingInterrupted', 'StopRequests', 'being_trained',
+           'train', 'load_ema_model', 'run_progress', 'training_finished', 'ema_vs_raw', 'plot_ema_vs_raw',
+           'make_figures']
 
 # %% ../nbs/07_train.ipynb #3ee918a4
 import copy
@@ -119,13 +120,17 @@ def model_device(model: nn.Module) -> torch.device:
     "The device of the model's first parameter (CPU for a model without parameters)."
     return next(model.parameters(), torch.empty(0)).device
 
-def validate(model: nn.Module, images: torch.Tensor, batch_size: int = 100, seed: int = 0) -> torch.Tensor:
-    "Mean VLB, reconstruction and KL over `images`, one posterior sample each, fixed noise: `[N, ...] -> [3]` on the model's device (Eq. (2))."
-    if len(images) == 0: raise ValueError("no images to validate on")
+def per_image_bound(model: nn.Module, images: torch.Tensor, batch_size: int = 100, seed: int = 0) -> torch.Tensor:
+    "Each image's VLB, reconstruction and KL, one posterior sample each, fixed noise: `[N, ...] -> [N, 3]` on the model's device (Eq. (2))."
+    if len(images) == 0: raise ValueError("no images to score")
     device = model_device(model)
     with seeded(seed), torch.inference_mode():
-        sums = [torch.stack([t.sum() for t in bound_terms(model(x.to(device), 1))]) for x in images.split(batch_size)]
-    return torch.stack(sums).sum(0) / len(images)
+        return torch.cat([torch.stack(bound_terms(model(x.to(device), 1)), 1) for x in images.split(batch_size)])
+
+def validate(model: nn.Module, images: torch.Tensor, batch_size: int = 100, seed: int = 0) -> torch.Tensor:
+    "Mean VLB, reconstruction and KL over `images` (`per_image_bound`'s mean): `[N, ...] -> [3]` on the model's device (Eq. (2))."
+    if len(images) == 0: raise ValueError("no images to validate on")
+    return per_image_bound(model, images, batch_size, seed).mean(0)
 
 # %% ../nbs/07_train.ipynb #9ccdf949
 def train_epoch(model, step_model, ema, batches, optimizer, config, bar) -> tuple[torch.Tensor, torch.Tensor, int]:
