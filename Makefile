@@ -27,7 +27,7 @@ setup: $(STAMP)
 
 # RETRAIN=1: train the default rows and figure models again from scratch (iaf-repro reproduce --retrain).
 # REFIT=1: fit the chapters' own figure fits again instead of drawing them from figures/fits (iaf-repro reproduce --refit).
-# THREADS=1: torch threads of the training; UNTIL=2h30m: stop at an epoch boundary after that long (the same command resumes).
+# THREADS=1: torch threads of the training; UNTIL=2h30m: start no epoch that would end after that long (the same command resumes).
 RETRAIN ?=
 REFIT ?=
 THREADS ?=

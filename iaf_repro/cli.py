@@ -159,7 +159,8 @@ def _parser() -> argparse.ArgumentParser:
                      "into <runs>-retrain; rewrites their results files and released weights")
     rep.add_argument("--threads", type=int, default=None, help="torch threads for training (default: torch's choice)")
     rep.add_argument("--until", default=None, help="a duration such as 2h30m: start no epoch that would end after it; reproduce then "
-                     "exits with status 3, and the same command resumes where it stopped")
+                     "exits with status 3, and the same command resumes where it stopped (evaluating a model that has just "
+                     "finished is not cut short)")
     rep.add_argument("--dry-run", action="store_true", help="print the plan (what is reused, what is trained, and why) and stop")
     fig = sub.add_parser("figures", help="the figures of some chapters")
     fig.add_argument("chapters", nargs="*", help=f"chapter names (default: all): {', '.join(CHAPTERS)}")
@@ -268,10 +269,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "reproduce":
             release = importlib.import_module("iaf_repro.release")
             plan = dict(retrain=args.retrain, quick=args.quick, results_dir=args.out / "tables" / "runs")
+            deadline = _deadline(args.until)                                   # a malformed --until fails a dry run too
             if args.dry_run: print(release.plan_text(release.reproduction_plan(args.budget, args.presets, **plan)))
             else:
                 release.reproduce(args.budget, args.presets, device=args.device, out_dir=args.out / "tables", threads=args.threads,
-                                  deadline=_deadline(args.until), **plan)
+                                  deadline=deadline, **plan)
                 draw_run_figures(args.budget, args.out)
                 if args.budget != "paper": draw_run_figures("paper", args.out)         # the converged rows, from their released weights
                 render_figures(None, args.out, args.quick, args.refit)

@@ -225,9 +225,9 @@ def run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto",
                    trained_commits=trained_under(trained_by["sessions"], "commit"),
                    trained_devices=trained_under(trained_by["sessions"], "device"))
     results_dir = Path(results_dir); results_dir.mkdir(parents=True, exist_ok=True)
-    write_json(result_path(results_dir, preset, budget, seed), results)
     metrics.to_csv(result_path(results_dir, preset, budget, seed, ".metrics.csv"), index=False)
     evaluation.per_image.to_csv(result_path(results_dir, preset, budget, seed, ".per_image.csv.gz"), index=False, float_format="%.4f")
+    write_json(result_path(results_dir, preset, budget, seed), results)  # last: a results file stands for a complete set of the three
     return results
 
 # %% ../nbs/09_experiments.ipynb #7d0f51f7

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .train import load_checkpoint, run_progress, save_checkpoint, training_finished
-from .utils import load_saved, torch_threads
+from .utils import load_saved, positive_int, torch_threads
 from .experiments import (DEFAULT_PRESETS, FIGURE_PRESETS, TABLES, get_budget, get_preset, read_result, resolve_runs_dir,
                                    result_path, run, run_name, trained_model, trained_under, write_tables)
 
@@ -142,13 +142,16 @@ def _row(model: str, role: str, action: str, source: str) -> dict: return dict(m
 DRAW_ACTIONS = {"released": "reuse released weights", "run": "reuse finished run", "none": "not drawn", "error": "error"}   # weights_source -> plan
 
 def _retraining_row(name: str, budget: str, seed: int, role: str, runs_dir: Path | None, results_dir: Path) -> dict:
-    "The plan's row for a model `--retrain` trains: done when an earlier `--retrain` finished its run and the results file describes that run; else train, resuming a run it began."
-    run_dir = retrain_runs_dir(runs_dir) / run_name(name, budget, seed)
+    "The plan's row for a model `--retrain` trains: done when an earlier `--retrain` finished its run and the results file describes that run; evaluated again when the run finished but the results file describes another; else train, resuming a run it began."
+    model, run_dir = run_name(name, budget, seed), retrain_runs_dir(runs_dir) / run_name(name, budget, seed)
+    if not training_finished(run_dir):
+        resuming = ", resuming the run an earlier --retrain began" if run_dir.exists() else ""
+        return _row(model, role, "train", f"--retrain: from scratch into {run_dir.parent}{resuming}")
     results = result_path(results_dir, name, budget, seed)
-    if training_finished(run_dir) and results.exists() and not identity_mismatch(run_identity(run_dir), read_result(results)):
-        return _row(run_name(name, budget, seed), role, "reuse retrained run", str(run_dir))
-    resuming = f", resuming the run an earlier --retrain began" if run_dir.exists() else ""
-    return _row(run_name(name, budget, seed), role, "train", f"--retrain: from scratch into {run_dir.parent}{resuming}")
+    why = identity_mismatch(run_identity(run_dir), read_result(results)) if results.exists() else f"no results file {results}"
+    if why is None: return _row(model, role, "reuse retrained run", str(run_dir))
+    return _row(model, role, "evaluate", f"--retrain: the run an earlier --retrain finished in {run_dir}, not trained again ({why}); "
+                                         "delete it to retrain from scratch")
 
 def _drawing_row(name: str, budget: str, seed: int, role: str, where: dict) -> dict:
     "The plan's row for drawing a model that has results: from its released weights, its finished run, or not at all."
@@ -157,7 +160,7 @@ def _drawing_row(name: str, budget: str, seed: int, role: str, where: dict) -> d
 
 def reproduction_plan(budget: str = "cpu", presets: list[str] | None = None, seed: int = 0, retrain: bool = False, quick: bool = False,
                       runs_dir: Path | None = None, results_dir: Path = Path("figures/tables/runs"), weights_dir: Path = WEIGHTS_DIR) -> pd.DataFrame:
-    "One row per model `reproduce` needs: its run, what for, and the action (reuse results, reuse released weights, reuse finished run, reuse retrained run, train, draw, not drawn, error) with its file or reason."
+    "One row per model `reproduce` needs: its run, what for, and the action (reuse results, reuse released weights, reuse finished run, reuse retrained run, train, evaluate, draw, not drawn, error) with its file or reason."
     get_budget(budget)
     presets = [get_preset(name).name for name in (presets or DEFAULT_PRESETS)]     # every name checked before hours of training
     where = dict(runs_dir=runs_dir, results_dir=results_dir, weights_dir=weights_dir)
@@ -177,7 +180,8 @@ def reproduction_plan(budget: str = "cpu", presets: list[str] | None = None, see
     in_tables = [n for n in presets if any(n in t.presets for t in TABLES.values())]
     for name in dict.fromkeys([*in_tables, *with_results]):                        # reconstructions and samples of the table rows
         if retrain or not result_path(results_dir, name, budget, seed).exists():
-            rows.append(_row(run_name(name, budget, seed), "reconstructions, samples", "draw", "from the run it trains")); continue
+            drawn_from = "from the run --retrain trains, or finished earlier" if retrain else "from the run it trains"
+            rows.append(_row(run_name(name, budget, seed), "reconstructions, samples", "draw", drawn_from)); continue
         rows.append(_drawing_row(name, budget, seed, "reconstructions, samples", where))
     converged = [] if budget == "paper" else [n for t in TABLES.values() for n in t.presets if result_path(results_dir, n, "paper", seed).exists()]
     for name in dict.fromkeys(converged):                                          # the converged rows: drawn too, never trained here
@@ -187,7 +191,7 @@ def reproduction_plan(budget: str = "cpu", presets: list[str] | None = None, see
 def plan_text(plan: pd.DataFrame) -> str:
     "The plan as `reproduce` prints it: a table, a count of what trains, and the chapters' own fits."
     counts = plan.action.value_counts()
-    tally = ", ".join(f"{a} {counts[a]}" for a in ("train", "reuse results", "reuse released weights", "reuse finished run",
+    tally = ", ".join(f"{a} {counts[a]}" for a in ("train", "evaluate", "reuse results", "reuse released weights", "reuse finished run",
                                                        "reuse retrained run", "draw", "not drawn", "error") if a in counts)
     return plan.to_string(index=False) + f"\nplan: {tally}.\nAlso: {CHAPTER_FITS}."
 
@@ -212,11 +216,12 @@ def reproduce(budget: str = "cpu", presets: list[str] | None = None, seed: int =
               runs_dir: Path | None = None, results_dir: Path = Path("figures/tables/runs"), out_dir: Path = Path("figures/tables"),
               weights_dir: Path = WEIGHTS_DIR, retrain: bool = False, quick: bool = False, threads: int | None = None,
               deadline: float | None = None, runner=None) -> dict[str, pd.DataFrame]:
-    "Print the plan, train what it marks `train` (from scratch with `retrain`; `threads` torch threads; stopping at `deadline`, a `time.time()`, with chapter 07's `TrainingInterrupted`), release the small models retrained, then write every table. `runner`: the training function, chapter 09's `run` by default."
+    "Print the plan, train what it marks `train` (from scratch with `retrain`; `threads` torch threads; starting no epoch that would end after `deadline`, a `time.time()`, and then raising chapter 07's `TrainingInterrupted`), release the small models retrained, then write every table. `runner`: the training function, chapter 09's `run` by default."
+    if threads is not None: positive_int(threads, "threads")                      # before the plan, not after its releases
     plan = reproduction_plan(budget, presets, seed, retrain, quick, runs_dir, results_dir, weights_dir)
     print(plan_text(plan))
     if (plan.action == "error").any(): raise ValueError("the plan has errors (above): " + "; ".join(plan[plan.action == "error"].source))
-    todo = plan[(plan.action == "train") & ~plan.source.str.startswith("--quick")]   # --quick: the chapters train smoke runs themselves
+    todo = plan[plan.action.isin(["train", "evaluate"]) & ~plan.source.str.startswith("--quick")]   # --quick: the chapters train smoke runs themselves
     train_dir = retrain_runs_dir(runs_dir) if retrain else resolve_runs_dir(runs_dir)
     release = lambda preset, b: print(f"released {release_weights(preset, b, seed, train_dir, results_dir, weights_dir)}")
     for r in plan[plan.action == "reuse retrained run"].itertuples():             # an earlier --retrain may have stopped before releasing it
@@ -225,7 +230,7 @@ def reproduce(budget: str = "cpu", presets: list[str] | None = None, seed: int =
     with torch_threads(threads):
         for i, r in enumerate(todo.itertuples(), 1):
             preset, b, _ = r.model.split("__")
-            print(f"model {i} of {len(todo)}: training {r.model} ({r.source})", flush=True)
+            print(f"model {i} of {len(todo)}: {'training' if r.action == 'train' else 'evaluating'} {r.model} ({r.source})", flush=True)
             (runner or run)(preset, b, seed, device=device, runs_dir=train_dir, results_dir=results_dir, deadline=deadline)
             if preset in RELEASE_PRESETS and (retrain or released_path(preset, b, seed, weights_dir).exists()): release(preset, b)
     return write_tables(None, results_dir, out_dir)

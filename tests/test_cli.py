@@ -91,3 +91,8 @@ def test_reproduce_passes_its_threads_and_deadline_and_exits_3_when_stopped(tmp_
     assert main(["reproduce", "--retrain", "--threads", "1", "--until", "2h", "--out", str(tmp_path / "figures")]) == 3
     assert seen["threads"] == 1 and seen["retrain"] and abs(seen["deadline"] - seen["now"] - 7200) < 60
     assert not (tmp_path / "figures").exists()
+
+
+def test_a_malformed_until_fails_even_a_dry_run(capsys):
+    assert main(["reproduce", "--dry-run", "--until", "soon"]) == 2
+    assert "a duration must look like 2h40m" in capsys.readouterr().err

@@ -272,3 +272,18 @@ def test_retrain_again_reuses_what_it_finished_and_resumes_the_rest(clone, monke
     reproduce("smoke", [PRESET], retrain=True, threads=threads, deadline=1e12, out_dir=clone["tmp"] / "tables", runner=runner, **where)
     assert [p for p, _, _ in trained] == list(FIGURE_MODELS) and {(t, d) for _, t, d in trained} == {(threads, 1e12)}
     assert released == [(PRESET, "smoke"), *[(p, "cpu") for p in FIGURE_MODELS]]       # the finished one released, never retrained
+
+
+def test_retrain_evaluates_a_finished_run_its_results_file_does_not_describe_and_says_so(clone):
+    "A run an earlier --retrain finished, beside a results file of another run (restored from git, say): evaluated, not trained; the plan says which."
+    where = {k: clone[k] for k in ("runs_dir", "results_dir", "weights_dir")}
+    retrain_dir = retrain_runs_dir(clone["runs_dir"])
+    shutil.copytree(clone["runs_dir"] / run_name(PRESET, "smoke", 0), retrain_dir / run_name(PRESET, "smoke", 0))
+    results = result_path(clone["results_dir"], PRESET, "smoke", 0)
+    results.write_text(json.dumps(dict(json.loads(results.read_text()), best_epoch=99)))
+    row = reproduction_plan("smoke", [PRESET], retrain=True, **where).set_index(["model", "role"]).loc[(run_name(PRESET, "smoke", 0), "table row: no table")]
+    assert row.action == "evaluate" and "not trained again" in row.source and "epoch 99" in row.source
+    trained = []
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        reproduce("smoke", [PRESET], retrain=True, threads=0, out_dir=clone["tmp"] / "tables", runner=lambda *a, **k: trained.append(a), **where)
+    assert trained == []                                                            # refused before anything ran

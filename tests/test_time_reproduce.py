@@ -52,18 +52,44 @@ def test_a_reproduction_in_sittings_records_their_sum_once_it_finishes(monkeypat
     for args in (["init", "-q"], ["-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "--allow-empty", "-m", "x"]):
         subprocess.run(["git", *args], cwd=clone, check=True)                      # the clone an earlier sitting made
     outcomes = iter([(3, 3600.0), (3, 3000.5), (0, 1200.0)])                        # stopped, stopped, finished
-    def sitting(clone, extra):
+    def sitting(clone, extra):                                                      # `sit` without the process: it keeps the sitting
         status, seconds = next(outcomes)
-        return (dict(date="2026-12-05", seconds=seconds, status=status, load_before=1.0, load_after=2.0),
-                subprocess.CompletedProcess([], status, stdout="plan: train 9, draw 3.\n", stderr=""))
+        timer.append_csv(clone.parent / "sittings.csv", timer.SITTING_FIELDS, dict(date="2026-12-05", command=timer.command_name(extra),
+                                                                                 seconds=seconds, status=status, load_before=1.0, load_after=2.0))
+        return subprocess.CompletedProcess([], status, stdout="plan: train 9, draw 3.\n", stderr="")
     monkeypatch.setattr(timer, "sit", sitting)
     extra = ["--retrain", "--until", "2h"]
     assert timer.time_reproduce(clone, extra) is None and timer.time_reproduce(clone, extra) is None
+    with pytest.raises(SystemExit, match="holds the sittings of make reproduce --retrain, not of make reproduce"):
+        timer.time_reproduce(clone, ["--until", "2h"])                             # another command is not added to these sittings
     done = timer.time_reproduce(clone, extra)
     assert (done["seconds"], done["sittings"], done["command"], done["plan"]) == (7800.5, 3, "make reproduce --retrain", "train 9, draw 3")
-    assert len(list(csv.DictReader(open(tmp_path / "sittings.csv")))) == 3
+    assert len(list(csv.DictReader(open(tmp_path / "sittings.recorded.csv")))) == 3 and not (tmp_path / "sittings.csv").exists()
+    with pytest.raises(SystemExit, match="finished and was recorded"):
+        timer.time_reproduce(clone, extra)                                          # never timed twice
+
+
+def test_a_sitting_ended_by_a_signal_keeps_its_time(monkeypatch, tmp_path):
+    import subprocess
+    clone = tmp_path / "clone"; clone.mkdir()
+    def interrupted(*args, **kwargs): raise KeyboardInterrupt
+    monkeypatch.setattr(subprocess, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        timer.sit(clone, ["--retrain", "--until", "2h"])
+    (kept,) = timer.read_sittings(tmp_path)
+    assert (kept["status"], kept["command"]) == ("interrupted", "make reproduce --retrain") and float(kept["seconds"]) >= 0
 
 
 def test_a_deadline_needs_a_folder_to_resume_in():
     with pytest.raises(SystemExit, match="give --keep a folder"):
         timer.main(["--retrain", "--until", "2h"])
+
+
+def test_sittings_kept_before_commands_were_named_are_resumed(tmp_path):
+    import subprocess
+    clone = tmp_path / "clone"; clone.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=clone, check=True)
+    (tmp_path / "sittings.csv").write_text("date,seconds,status,load_before,load_after\n2026-12-05 23:59:00,8400.0,3,1.5,2.0\n")
+    assert timer.prepare_clone(clone, "make reproduce --retrain --threads 1") is True
+    timer.append_csv(tmp_path / "sittings.csv", timer.SITTING_FIELDS, dict(command="make reproduce --retrain --threads 1", seconds=60.0))
+    assert [r["seconds"] for r in timer.read_sittings(tmp_path)] == ["8400.0", "60.0"]

@@ -11,13 +11,15 @@ arguments), with this checkout's Python, the clone's package first on the path, 
 nothing trained earlier on this machine is reused: only what a fresh clone has (the committed results files,
 released weights and saved fits). It records the wall time, whether the clone's `git status` stayed clean (and
 which files changed), the machine, its load before and after, and the commit; the front page renders the last
-row of each command. Setting up the environment (`make setup`: a virtual environment and pip installs) is not
+row of a plain `make reproduce` and the last of `--retrain`. Setting up the environment (`make setup`: a virtual environment and pip installs) is not
 part of the time.
 
-A reproduction stopped by `--until` (exit status 3) is a *sitting*: its wall time is kept in `<keep>/sittings.csv`
-and nothing is recorded yet. Run the same command again and it resumes in the same clone (of the commit it was
-made from, whatever HEAD is now); when the reproduction finishes, the row records the sum of its sittings' times
-and their number. Time lost to an epoch cut short at a session's end is in that sum: it is what the retraining took.
+A reproduction stopped before it finished (by `--until`, exit status 3, or by a signal) is a *sitting*: its wall
+time and command are kept in `<keep>/sittings.csv` and nothing is recorded yet. Run the same command again and it
+resumes in the same clone (of the commit it was made from, whatever HEAD is now); another command there is refused.
+When the reproduction finishes, the row records the sum of its sittings' times and their number, and the sittings
+file is renamed `sittings.recorded.csv`, so the finished clone is never timed twice. Time lost to an epoch cut short
+is in that sum: it is what the retraining took.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "figures" / "tables" / "reproduce_times.csv"
 FIELDS = ["command", "seconds", "clean", "changed", "plan", "commit", "date", "cpu_model", "cpus", "load_before", "load_after", "sittings"]
-SITTING_FIELDS = ["date", "seconds", "status", "load_before", "load_after"]
+SITTING_FIELDS = ["date", "command", "seconds", "status", "load_before", "load_after"]
 STOPPED = 3                                            # iaf-repro's exit status when --until stopped it (resumable)
 
 
@@ -57,26 +59,40 @@ def command_name(extra: list[str]) -> str:
     return " ".join(["make reproduce", *kept])
 
 
-def prepare_clone(clone: Path) -> bool:
-    "Clone HEAD into `clone`, or find the clone an earlier sitting made there; True when resuming."
-    if (clone / ".git").exists(): return True
+def prepare_clone(clone: Path, command: str) -> bool:
+    "Clone HEAD into `clone`, or find the clone an earlier sitting of the same `command` made there; True when resuming."
+    if (clone.parent / "sittings.recorded.csv").exists():
+        raise SystemExit(f"the reproduction in {clone} finished and was recorded: give --keep a new folder")
+    if (clone / ".git").exists():
+        earlier = {r.get("command") for r in read_sittings(clone.parent)} - {None, ""}   # a sitting kept before commands were: unnamed
+        if earlier and earlier != {command}:
+            raise SystemExit(f"{clone} holds the sittings of {' / '.join(sorted(earlier))}, not of {command}: give --keep a new folder")
+        return True
     if clone.exists(): raise SystemExit(f"{clone} exists but is not a clone: give --keep a new folder, or the one an earlier sitting used")
     if git("status", "--porcelain", "--untracked-files=no"): raise SystemExit("commit first: the clone is made from HEAD, not from the working tree")
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
     return False
 
 
-def sit(clone: Path, extra: list[str]) -> tuple[dict, subprocess.CompletedProcess]:
-    "Run `iaf-repro reproduce` once in the clone, its runs folder beside it; the sitting's record, and the finished process."
+def read_sittings(folder: Path) -> list[dict]:
+    "The sittings kept in `folder` so far (none before the first)."
+    path = folder / "sittings.csv"
+    return list(csv.DictReader(open(path))) if path.exists() else []
+
+
+def sit(clone: Path, extra: list[str]) -> subprocess.CompletedProcess:
+    "Run `iaf-repro reproduce` once in the clone, its runs folder beside it, and keep the sitting's time, even when a signal ends it; the finished process."
     env = os.environ | {"PYTHONPATH": str(clone), "IAF_REPRO_RUNS": str(clone.parent / "runs")}
     env.setdefault("IAF_REPRO_DATA", str(ROOT.parent / "shared" / "data"))
-    command = [sys.executable, "-m", "iaf_repro.cli", "reproduce", *extra]
-    load_before, start = os.getloadavg()[0], time.perf_counter()
-    run = subprocess.run(command, cwd=clone, env=env, capture_output=True, text=True)
-    sitting = dict(date=time.strftime("%Y-%m-%d %H:%M:%S"), seconds=round(time.perf_counter() - start, 1), status=run.returncode,
-                   load_before=round(load_before, 2), load_after=round(os.getloadavg()[0], 2))
-    with open(clone.parent / "reproduce.log", "a") as log: log.write(run.stdout + run.stderr)
-    return sitting, run
+    load_before, start, run = os.getloadavg()[0], time.perf_counter(), None
+    try:
+        run = subprocess.run([sys.executable, "-m", "iaf_repro.cli", "reproduce", *extra], cwd=clone, env=env, capture_output=True, text=True)
+        with open(clone.parent / "reproduce.log", "a") as log: log.write(run.stdout + run.stderr)
+        return run
+    finally:
+        append_csv(clone.parent / "sittings.csv", SITTING_FIELDS, dict(
+            date=time.strftime("%Y-%m-%d %H:%M:%S"), command=command_name(extra), seconds=round(time.perf_counter() - start, 1),
+            status=run.returncode if run else "interrupted", load_before=round(load_before, 2), load_after=round(os.getloadavg()[0], 2)))
 
 
 def append_csv(path: Path, fields: list[str], row: dict) -> None:
@@ -108,15 +124,16 @@ def finished_row(clone: Path, extra: list[str], sittings: list[dict], stdout: st
 
 
 def time_reproduce(clone: Path, extra: list[str]) -> dict | None:
-    "One sitting of `iaf-repro reproduce` in `clone` (made from HEAD, or resumed): the row to record once it finished, None when --until stopped it."
-    resuming = prepare_clone(clone)
+    "One sitting of `iaf-repro reproduce` in `clone` (made from HEAD, or resumed): the row to record once it finished, None when it stopped (exit status 3)."
+    resuming = prepare_clone(clone, command_name(extra))
     print(("resuming in " if resuming else "cloned HEAD into ") + str(clone), flush=True)
-    sitting, run = sit(clone, extra)
+    run = sit(clone, extra)
     if run.returncode not in (0, STOPPED):
         raise SystemExit(f"reproduce failed ({run.returncode}); its log: {clone.parent / 'reproduce.log'}\n{run.stderr[-2000:]}")
-    append_csv(clone.parent / "sittings.csv", SITTING_FIELDS, sitting)
     if run.returncode == STOPPED: return None
-    return finished_row(clone, extra, list(csv.DictReader(open(clone.parent / "sittings.csv"))), run.stdout)
+    row = finished_row(clone, extra, read_sittings(clone.parent), run.stdout)
+    (clone.parent / "sittings.csv").rename(clone.parent / "sittings.recorded.csv")
+    return row
 
 
 def main(argv=None) -> int:
@@ -132,7 +149,7 @@ def main(argv=None) -> int:
     else:
         with tempfile.TemporaryDirectory() as tmp: row = time_reproduce(Path(tmp) / "clone", extra)
     if row is None:
-        print(f"stopped at --until; its time is kept in {args.keep / 'sittings.csv'}: run the same command again to resume")
+        print(f"stopped before it finished; its time is kept in {args.keep / 'sittings.csv'}: run the same command again to resume")
         return STOPPED
     record(row)
     print(row)
