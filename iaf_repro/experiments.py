@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['PRESETS', 'FIGURE_PRESETS', 'CIFAR_PRESETS', 'BUDGETS', 'CIFAR_BUDGETS', 'TARGETS', 'TABLE_BUDGETS', 'RESULT_FIELDS',
-           'CIFAR_RESULT_FIELDS', 'TABLE_COLUMNS', 'CIFAR_COLUMNS', 'TABLES', 'PAIRED_COLUMNS', 'VERDICT_SE',
-           'DEFAULT_PRESETS', 'Preset', 'get_preset', 'Budget', 'get_budget', 'run_name', 'result_path',
+           'CIFAR_RESULT_FIELDS', 'TABLE_COLUMNS', 'GATED_MARK', 'CIFAR_COLUMNS', 'TABLES', 'PAIRED_COLUMNS',
+           'VERDICT_SE', 'DEFAULT_PRESETS', 'Preset', 'get_preset', 'Budget', 'get_budget', 'run_name', 'result_path',
            'resolve_runs_dir', 'write_atomic', 'write_json', 'training_provenance', 'trained_under', 'initial_model',
            'run', 'published', 'read_result', 'table_markdown', 'cifar_table_markdown', 'Table', 'get_table',
            'build_table', 'write_tables', 'write_table', 'paired_difference', 'claim_verdict', 'plot_prior_samples',
@@ -181,6 +181,11 @@ def initial_model(preset: Preset, data: BinarizedMNIST, batch_size: int, seed: i
     model.initialize(next(shuffled))
     return model
 
+def _flow_fields(p: Preset) -> dict:
+    "What a results file says about an IAF posterior's step (chapter 04): `iaf_step`, the form it trained; nothing for other posteriors."
+    model = p.model
+    return dict(iaf_step=model.iaf_step) if isinstance(model, VAEConfig) and model.posterior == "iaf" else {}
+
 def _dataset_fields(p: Preset, summary: dict, batch_size: int, world: int) -> dict:
     "What a results file says about the data: the kind of MNIST; for CIFAR-10, the source of its cell, the batches (per process, processes, global) and bits/dim from IS log p(x) and from the VLB."
     if p.dataset != "cifar10": return dict(mnist=p.dataset)
@@ -217,7 +222,7 @@ def run(preset: str, budget: str = "smoke", seed: int = 0, device: str = "auto",
     evaluation = evaluate(averaged, data.test, k=b.is_samples, seed=seed, progress=progress)
     summary = {k: v for k, v in evaluation.summary.items() if k not in ("n", "k")}   # recorded as eval_images, is_samples
     results = dict(run=name, preset=preset, budget=budget, seed=seed, **_dataset_fields(p, summary, b.batch_size, world), row=p.row,
-                   label=p.label, epochs=int(metrics.epoch.max()), best_epoch=int(metrics.epoch[metrics.valid_vlb.idxmax()]),
+                   label=p.label, **_flow_fields(p), epochs=int(metrics.epoch.max()), best_epoch=int(metrics.epoch[metrics.valid_vlb.idxmax()]),
                    train_images=len(data.train), eval_images=len(data.test), is_samples=b.is_samples, **summary,
                    train_seconds=round(float(metrics.seconds.sum()), 2), eval_seconds=round(time.perf_counter() - start, 2),
                    **provenance(dev), trained_commit=trained_by.get("commit", "not recorded"),
@@ -276,7 +281,7 @@ def read_result(path: Path, fields: dict[str, str] = RESULT_FIELDS) -> dict:
 
 # %% ../nbs/09_experiments.ipynb #db7a20ad
 TABLE_COLUMNS = ["mnist", "model", "vlb", "vlb_se", "log_px", "log_px_se", "gap", "published_vlb", "published_log_px",
-                 "published_source", "run", "budget", "epochs", "best_epoch", "seed", "is_samples", "eval_images", "device", "threads",
+                 "published_source", "run", "iaf_step", "budget", "epochs", "best_epoch", "seed", "is_samples", "eval_images", "device", "threads",
                  "train_seconds", "eval_seconds", "trained_commit", "trained_commits", "commit", "dirty", "iaf_repro", "torch"]
 
 def _fmt(value, se=None) -> str:
@@ -290,6 +295,19 @@ def _trained_legend(df: pd.DataFrame) -> str:
     several = df.trained_commits.dropna().astype(str).str.contains(" ").any() if "trained_commits" in df else False
     return ("\n`+N` after a training commit: the run went on training under N more commits, resumed across sessions; "
             "the table's csv lists them all.\n" if several else "")
+
+GATED_MARK = "†"   # marks a row whose IAF trained the paper's gated step
+
+def _model_cell(r) -> str:
+    "A row's model, marked when its IAF trained the paper's gated step rather than chapter 04's affine one."
+    return f"{r.model} {GATED_MARK}" if getattr(r, "iaf_step", None) == "gated" else str(r.model)
+
+def _notes(df: pd.DataFrame) -> str:
+    "The notes under a table: what `+N` in its commit column means, and what marks a row trained with the gated IAF step, each when a row needs it."
+    gated = ("\n{mark} trained with the paper's IAF step as written (IAF Alg. 1: gated, with its initialization); the other IAF rows "
+             "train chapter 04's affine step (openai/iaf's form, the MADE at unit gain, started at the identity).\n".format(mark=GATED_MARK)
+             if "iaf_step" in df and (df.iaf_step == "gated").any() else "")
+    return _trained_legend(df) + gated
 
 def _fmt_trained(r) -> str:
     "The commit a row was trained under, or the first of several with how many more (a run resumed across sessions on newer code)."
@@ -305,14 +323,14 @@ def table_markdown(df: pd.DataFrame, title: str) -> str:
                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in part.itertuples():
             ran = isinstance(r.commit, str)
-            out.append(f"| {r.model} | {_fmt(r.vlb, r.vlb_se)} | {_fmt(r.log_px, r.log_px_se)} | {_fmt(r.gap)} | {_fmt(r.published_vlb)} "
+            out.append(f"| {_model_cell(r)} | {_fmt(r.vlb, r.vlb_se)} | {_fmt(r.log_px, r.log_px_se)} | {_fmt(r.gap)} | {_fmt(r.published_vlb)} "
                        f"| {_fmt(r.published_log_px)} | {r.published_source} | {r.budget if ran else ''} | "
                        + (f"{_fmt_int(r.epochs)} ({_fmt_int(r.best_epoch)}) | {_fmt_int(r.seed)} | {_fmt_int(r.is_samples)} | {_fmt_int(r.eval_images)} "
                           f"| {r.device}, {_fmt_int(r.threads)} | {r.train_seconds / 60:.0f} | {_fmt_trained(r)} / {r.commit}{' (dirty)' if r.dirty is True else ''} |"
                           if ran else "| | | | | | |"))
-    return "\n".join(out) + "\n" + _trained_legend(df)
+    return "\n".join(out) + "\n" + _notes(df)
 
-CIFAR_COLUMNS = ["model", "preset", "bits_per_dim", "bits_per_dim_vlb", "published_bits_per_dim", "published_source", "budget", "status",
+CIFAR_COLUMNS = ["model", "preset", "iaf_step", "bits_per_dim", "bits_per_dim_vlb", "published_bits_per_dim", "published_source", "budget", "status",
                  "epochs", "best_epoch", "seed", "world", "global_batch", "is_samples", "eval_images", "train_images", "device", "threads",
                  "train_seconds", "eval_seconds", "trained_commit", "trained_commits", "commit", "dirty"]
 
@@ -323,11 +341,11 @@ def cifar_table_markdown(df: pd.DataFrame, title: str) -> str:
     for r in df.itertuples():
         pub = "—" if pd.isna(r.published_bits_per_dim) else f"{r.published_bits_per_dim:g}"
         if r.status != "ran":
-            out.append(f"| {r.model} | {r.budget} | not yet run at this budget | | {pub} | {r.published_source} | | | | | | |")
+            out.append(f"| {_model_cell(r)} | {r.budget} | not yet run at this budget | | {pub} | {r.published_source} | | | | | | |")
             continue
-        out.append(f"| {r.model} | {r.budget} | {r.bits_per_dim:.3f} | {r.bits_per_dim_vlb:.3f} | {pub} | {r.published_source} | {int(r.epochs)} ({int(r.best_epoch)}) "
+        out.append(f"| {_model_cell(r)} | {r.budget} | {r.bits_per_dim:.3f} | {r.bits_per_dim_vlb:.3f} | {pub} | {r.published_source} | {int(r.epochs)} ({int(r.best_epoch)}) "
                    f"| {int(r.is_samples)} | {int(r.eval_images)} | {r.device}, {int(r.threads)} | {r.train_seconds / 60:.0f} | {_fmt_trained(r)} / {r.commit}{' (dirty)' if r.dirty is True else ''} |")
-    return "\n".join(out) + "\n" + _trained_legend(df)
+    return "\n".join(out) + "\n" + _notes(df)
 
 # %% ../nbs/09_experiments.ipynb #4fe296c6
 @dataclass(frozen=True)

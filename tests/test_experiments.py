@@ -179,3 +179,16 @@ def test_a_row_trained_across_sessions_names_every_commit(tmp_path):
     (tmp_path / "static-diag__cpu__s0.json").write_text(json.dumps(result))
     markdown = get_table("table1").markdown(build_table("table1", tmp_path), "t")
     assert "| aaa / ccc |" in markdown and "N more commits" not in markdown
+
+
+def test_every_committed_iaf_result_names_the_step_its_run_trained():
+    "A row marked gated or not is read from its results file: every IAF run's file must say which step it trained."
+    import json
+    from iaf_repro.experiments import FIGURE_PRESETS
+    from iaf_repro.cifar_experiments import CIFAR_PRESETS
+    from iaf_repro.vae import VAEConfig
+    presets = {**PRESETS, **FIGURE_PRESETS, **CIFAR_PRESETS}
+    has_iaf = lambda p: isinstance(p.model, VAEConfig) and p.model.posterior == "iaf"
+    iaf = [json.loads(p.read_text()) for p in (ROOT / "figures" / "tables" / "runs").glob("*.json")]
+    iaf = [r for r in iaf if r.get("preset") in presets and has_iaf(presets[r["preset"]])]
+    assert iaf and all(r.get("iaf_step") in ("affine", "gated") for r in iaf), [r["run"] for r in iaf if "iaf_step" not in r]
