@@ -4,12 +4,12 @@
 
 # %% auto #0
 __all__ = ['PRESETS', 'FIGURE_PRESETS', 'CIFAR_PRESETS', 'BUDGETS', 'CIFAR_BUDGETS', 'TARGETS', 'TABLE_BUDGETS', 'RESULT_FIELDS',
-           'CIFAR_RESULT_FIELDS', 'TABLE_COLUMNS', 'GATED_MARK', 'CIFAR_COLUMNS', 'TABLES', 'PAIRED_COLUMNS',
-           'VERDICT_SE', 'DEFAULT_PRESETS', 'Preset', 'get_preset', 'Budget', 'get_budget', 'run_name', 'result_path',
-           'resolve_runs_dir', 'write_atomic', 'write_json', 'training_provenance', 'trained_under', 'initial_model',
-           'run', 'published', 'read_result', 'table_markdown', 'cifar_table_markdown', 'Table', 'get_table',
-           'build_table', 'write_tables', 'write_table', 'paired_difference', 'claim_verdict', 'plot_prior_samples',
-           'table_figures', 'ensure_run', 'trained_model']
+           'CIFAR_RESULT_FIELDS', 'TABLE_COLUMNS', 'GATED_LABEL', 'GATED_NOTE', 'CIFAR_COLUMNS', 'TABLES',
+           'PAIRED_COLUMNS', 'VERDICT_SE', 'DEFAULT_PRESETS', 'Preset', 'get_preset', 'Budget', 'get_budget',
+           'run_name', 'result_path', 'resolve_runs_dir', 'write_atomic', 'write_json', 'training_provenance',
+           'trained_under', 'initial_model', 'run', 'published', 'read_result', 'row_label', 'table_markdown',
+           'cifar_table_markdown', 'Table', 'get_table', 'build_table', 'write_tables', 'write_table',
+           'paired_difference', 'claim_verdict', 'plot_prior_samples', 'table_figures', 'ensure_run', 'trained_model']
 
 # %% ../nbs/09_experiments.ipynb #2eaec6d3
 import json
@@ -296,17 +296,19 @@ def _trained_legend(df: pd.DataFrame) -> str:
     return ("\n`+N` after a training commit: the run went on training under N more commits, resumed across sessions; "
             "the table's csv lists them all.\n" if several else "")
 
-GATED_MARK = "†"   # marks a row whose IAF trained the paper's gated step
+GATED_LABEL = "(gated step)"   # after the model of a row whose IAF trained the paper's gated step
+GATED_NOTE = (f"{GATED_LABEL}: trained with the paper's IAF step as written (IAF Alg. 1: gated, with its initialization); the other "
+              "IAF rows train chapter 04's affine step (openai/iaf's form, the MADE at unit gain, started at the identity).")
 
-def _model_cell(r) -> str:
-    "A row's model, marked when its IAF trained the paper's gated step rather than chapter 04's affine one."
-    return f"{r.model} {GATED_MARK}" if getattr(r, "iaf_step", None) == "gated" else str(r.model)
+def row_label(model: str, iaf_step: str | None = None) -> str:
+    "A table row's model, labelled when its IAF trained the paper's gated step rather than chapter 04's affine one."
+    return f"{model} {GATED_LABEL}" if iaf_step == "gated" else str(model)
+
+def _model_cell(r) -> str: return row_label(r.model, getattr(r, "iaf_step", None))
 
 def _notes(df: pd.DataFrame) -> str:
-    "The notes under a table: what `+N` in its commit column means, and what marks a row trained with the gated IAF step, each when a row needs it."
-    gated = ("\n{mark} trained with the paper's IAF step as written (IAF Alg. 1: gated, with its initialization); the other IAF rows "
-             "train chapter 04's affine step (openai/iaf's form, the MADE at unit gain, started at the identity).\n".format(mark=GATED_MARK)
-             if "iaf_step" in df and (df.iaf_step == "gated").any() else "")
+    "The notes under a table: what `+N` in its commit column means, and which rows trained the gated IAF step, each when a row needs it."
+    gated = f"\n{GATED_NOTE}\n" if "iaf_step" in df and (df.iaf_step == "gated").any() else ""
     return _trained_legend(df) + gated
 
 def _fmt_trained(r) -> str:
