@@ -183,7 +183,9 @@ def progress_summary(curves: dict[str, pd.DataFrame]) -> pd.DataFrame:
 def lead_text(r) -> str:
     "One run's leads from a `progress_summary` row, in words: at the last epoch both runs trained, and best bound against best."
     above = lambda nats: f"{abs(nats):.2f} nats {'above' if nats > 0 else 'below'}"
-    return (f"`{r.run}` is {above(r.lead_over_diagonal)} the diagonal run at epoch {r.at_epoch}, and its best bound so far "
+    preset = PRESETS.get(r.run.split("__")[0])
+    name = f"the {preset.label} run" if preset else f"`{r.run}`"
+    return (f"{name} is {above(r.lead_over_diagonal)} the diagonal run at epoch {r.at_epoch}, and its best bound so far "
             f"(epoch {r.best_epoch}) {above(r.best_over_diagonal_best)} the diagonal run's best")
 
 def replication_vlb(preset: str) -> float:

@@ -297,8 +297,9 @@ def _trained_legend(df: pd.DataFrame) -> str:
             "the table's csv lists them all.\n" if several else "")
 
 GATED_LABEL = "(gated step)"   # after the model of a row whose IAF trained the paper's gated step
-GATED_NOTE = (f"{GATED_LABEL}: trained with the paper's IAF step as written (IAF Alg. 1: gated, with its initialization); the other "
-              "IAF rows train chapter 04's affine step (openai/iaf's form, the MADE at unit gain, started at the identity).")
+GATED_NOTE = (f"{GATED_LABEL}: trained with the paper's IAF step as written (IAF Alg. 1, gated; with constant σ, z + m), its MADE at "
+              "PyTorch's default initialization; the other IAF rows train chapter 04's affine step (openai/iaf's form: the MADE at unit "
+              "gain, its outputs scaled by 0.1, so that each step starts at the identity).")
 
 def row_label(model: str, iaf_step: str | None = None) -> str:
     "A table row's model, labelled when its IAF trained the paper's gated step rather than chapter 04's affine one."
@@ -377,7 +378,7 @@ _CIFAR_TABLES = {   # table -> (title, the targets.csv table of its cells)
 TABLES = {
     "table1": Table("Table 1: test-set VLB and log p(x) in nats, diagonal vs IAF (and planar) posteriors",
                     [n for n in _MNIST_ROWS if not n.endswith("-const")], **_NATS),
-    "table2": Table("Table 2: learned σ vs constant σ (location-only IAF)", [n for n in _MNIST_ROWS if PRESETS[n].row.startswith("iaf-")], **_NATS),
+    "table2": Table("Table 2 (the replication report's): learned σ vs constant σ (location-only IAF)", [n for n in _MNIST_ROWS if PRESETS[n].row.startswith("iaf-")], **_NATS),
     **{name: Table(title, [n for n, p in CIFAR_PRESETS.items() if p.source == source], **_BITS) for name, (title, source) in _CIFAR_TABLES.items()},
 }
 
