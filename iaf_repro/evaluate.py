@@ -109,18 +109,28 @@ def _metrics(run) -> pd.DataFrame:
     path = Path(run)
     return pd.read_csv(path / "metrics.csv" if path.is_dir() else path)
 
+def _padded(low: float, high: float, margin: float = 0.05) -> tuple[float, float]:
+    "An axis range around [low, high] with a margin of `margin` of its width (half a nat when the width is 0)."
+    pad = margin * (high - low) or 0.5
+    return low - pad, high + pad
+
 def plot_training_curves(runs: dict, title: str = "Training curves: the two terms of the bound"):
     "Reconstruction -E log p(x|z) and KL per epoch, train dashed and validation solid, one colour per run (`runs`: name -> frame or run folder)."
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
     fig, (ax_recon, ax_kl) = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
-    for i, (name, run) in enumerate(runs.items()):
-        m = _metrics(run)
+    metrics = {name: _metrics(run) for name, run in runs.items()}
+    warmup = max(1, max(int(m.epoch.max()) for m in metrics.values()) // 10)  # epochs left out of the vertical range
+    for i, m in enumerate(metrics.values()):
         for split, style in (("train", "--"), ("valid", "-")):
             ax_recon.plot(m.epoch, -m[f"{split}_recon"], style, color=f"C{i}")
             ax_kl.plot(m.epoch, m[f"{split}_kl"], style, color=f"C{i}")
-    ax_recon.set(xlabel="epoch", ylabel=r"$-\mathbb{E}_q \log p(x\mid z)$ (nats)", title="Reconstruction error")
-    ax_kl.set(xlabel="epoch", ylabel=r"$\mathbb{E}_q[\log q(z\mid x) - \log p(z)]$ (nats)", title="KL term")
+    for ax, values in ((ax_recon, lambda m, s: -m[f"{s}_recon"]), (ax_kl, lambda m, s: m[f"{s}_kl"])):
+        later = pd.concat([values(m, s)[m.epoch > warmup] for m in metrics.values() for s in ("train", "valid")])
+        if len(later): ax.set_ylim(*_padded(later.min(), later.max()))
+    after = f" (range: epochs after {warmup})"
+    ax_recon.set(xlabel="epoch", ylabel=r"$-\mathbb{E}_q \log p(x\mid z)$ (nats)", title="Reconstruction error" + after)
+    ax_kl.set(xlabel="epoch", ylabel=r"$\mathbb{E}_q[\log q(z\mid x) - \log p(z)]$ (nats)", title="KL term" + after)
     handles = [Line2D([], [], color=f"C{i}", label=name) for i, name in enumerate(runs)]
     handles += [Line2D([], [], color="0.4", ls="--", label="train (raw weights)"), Line2D([], [], color="0.4", label="validation (averaged)")]
     ax_kl.legend(handles=handles, frameon=False, fontsize=8, loc="best")
