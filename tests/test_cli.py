@@ -74,7 +74,8 @@ def test_unknown_device_is_our_own_one_line_error(capsys):
 def test_list_shows_every_preset_with_its_table_and_what_exists(tmp_path, capsys):
     assert main(["list", "--budget", "cpu", "--runs", str(tmp_path)]) == 0
     lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
-    assert lines["static-diag"][2] == "table1" and lines["static-diag"][-2:] == ["yes", "no"]   # committed results, no weights here
+    assert lines["static-diag"][2] == "table1" and lines["static-diag"][-2:] == ["yes", "released"]   # committed results and weights
+    assert lines["static-iaf-d8-w1920"][-2:] == ["yes", "no"]                                        # committed results, no weights here
     assert lines["dynamic-diag"][-2:] == ["no", "no"] and lines["cifar-simple-diag"][1] == "CIFAR-10"
 
 
