@@ -69,12 +69,14 @@ def draw_run_figures(budget: str = "cpu", out_dir: Path = Path("figures"), seed:
                      weights_dir: Path | None = None) -> list[Path]:
     "Training curves of the table runs at `budget` (results in `out_dir/tables/runs`), and reconstructions and samples of the models whose released weights or finished runs are at hand."
     experiments, release = importlib.import_module("iaf_repro.experiments"), importlib.import_module("iaf_repro.release")
+    from iaf_repro.utils import torch_threads
     results = Path(out_dir) / "tables" / "runs"
     where = dict(runs_dir=runs_dir, results_dir=results, weights_dir=weights_dir or release.WEIGHTS_DIR)
     names = [n for n in experiments.PRESETS if experiments.result_path(results, n, budget, seed).exists()]
     models = {n: m for n in names if (m := release.available_model(n, budget, seed, **where)) is not None}
-    paths = [p for table in ("table1", "table2") for p in experiments.table_figures(table, budget, results, runs_dir, out_dir, seed, models)]
-    return paths + importlib.import_module("iaf_repro.cifar_experiments").cifar_run_figures(budget, results, runs_dir, out_dir, seed, models)
+    with torch_threads(1):                                                      # the same bytes whatever the machine's core count
+        paths = [p for table in ("table1", "table2") for p in experiments.table_figures(table, budget, results, runs_dir, out_dir, seed, models)]
+        return paths + importlib.import_module("iaf_repro.cifar_experiments").cifar_run_figures(budget, results, runs_dir, out_dir, seed, models)
 
 # %% ../nbs/99_cli.ipynb #4f43a952
 def _directives(source: str) -> set[str]:
