@@ -126,7 +126,7 @@ def plot_training_curves(runs: dict, title: str = "Training curves: the two term
             ax_recon.plot(m.epoch, -m[f"{split}_recon"], style, color=f"C{i}")
             ax_kl.plot(m.epoch, m[f"{split}_kl"], style, color=f"C{i}")
     for ax, values in ((ax_recon, lambda m, s: -m[f"{s}_recon"]), (ax_kl, lambda m, s: m[f"{s}_kl"])):
-        later = pd.concat([values(m, s)[m.epoch > warmup] for m in metrics.values() for s in ("train", "valid")])
+        later = pd.concat([values(m, s)[m.epoch > warmup] for m in metrics.values() for s in ("train", "valid")]).dropna()
         if len(later): ax.set_ylim(*_padded(later.min(), later.max()))
     after = f" (range: epochs after {warmup})"
     ax_recon.set(xlabel="epoch", ylabel=r"$-\mathbb{E}_q \log p(x\mid z)$ (nats)", title="Reconstruction error" + after)
