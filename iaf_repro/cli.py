@@ -225,14 +225,10 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--out", type=Path, default=Path("figures"), help="output folder: <out>/tables/bench.csv, <out>/bench_throughput.png")
     return p
 
-def _deadline(until: str | None) -> float | None:
-    "The `time.time()` at which `--until` (a duration such as 2h30m) ends, or None without one."
-    return time.time() + importlib.import_module("iaf_repro.campaign").parse_duration(until) if until else None
-
 def _train(args) -> dict:
     "The `train` command: one run, with its threads and deadline; its results."
     experiments = importlib.import_module("iaf_repro.experiments")
-    deadline = _deadline(args.until)
+    deadline = importlib.import_module("iaf_repro.campaign").deadline_after(args.until)
     if args.threads: importlib.import_module("torch").set_num_threads(args.threads)
     where = dict(device=args.device, runs_dir=experiments.resolve_runs_dir(args.runs), results_dir=args.results)
     return experiments.run(args.preset, args.budget, args.seed, deadline=deadline, **where)
@@ -278,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "reproduce":
             release = importlib.import_module("iaf_repro.release")
             plan = dict(retrain=args.retrain, quick=args.quick, results_dir=args.out / "tables" / "runs")
-            deadline = _deadline(args.until)                                   # a malformed --until fails a dry run too
+            deadline = importlib.import_module("iaf_repro.campaign").deadline_after(args.until)   # a malformed --until fails a dry run too
             if args.dry_run: print(release.plan_text(release.reproduction_plan(args.budget, args.presets, **plan)))
             else:
                 release.reproduce(args.budget, args.presets, device=args.device, out_dir=args.out / "tables", threads=args.threads,
